@@ -1,0 +1,51 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from wsss.config import ConfigError, from_dict, load_config, save_config
+from wsss.data import DataConfig
+
+
+@dataclass
+class Stage:
+    data: DataConfig = field(default_factory=DataConfig)
+    lr: float = 0.1
+    epochs: int = 5
+    scales: tuple[float, ...] = (1.0, 0.5)
+    crop: int | None = None
+    amp: bool = False
+
+
+def test_file_then_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: 1\nepochs: 3\nscales: [1.0, 2.0]\ndata:\n  root: /x\n  split: val\n")
+    cfg = load_config(Stage, p, {"epochs": 7, "crop": None, "data.split": "train"})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.epochs == 7 and cfg.crop is None
+    assert cfg.scales == (1.0, 2.0)
+    assert cfg.data.root == "/x" and cfg.data.split == "train"
+
+
+def test_unknown_key_names_the_closest(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("epohcs: 3\n")
+    with pytest.raises(ConfigError, match="epohcs.*Did you mean 'epochs'"):
+        load_config(Stage, p)
+    with pytest.raises(ConfigError, match="data.rot.*'root'"):
+        from_dict(Stage, {"data": {"rot": "/x"}})
+
+
+def test_wrong_types_are_refused():
+    with pytest.raises(ConfigError, match="epochs: expected an integer"):
+        from_dict(Stage, {"epochs": 2.5})
+    with pytest.raises(ConfigError, match="amp: expected true or false"):
+        from_dict(Stage, {"amp": "yes"})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Stage, "/nonexistent.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = from_dict(Stage, {"lr": 0.5, "data": {"root": "/d"}})
+    save_config(cfg, tmp_path / "out" / "config.yaml")
+    again = load_config(Stage, tmp_path / "out" / "config.yaml")
+    assert again == cfg

@@ -1,0 +1,56 @@
+"""Datasets: PASCAL VOC 2012 (+SBD), MS COCO 2014, a plain folder, and the synthetic set.
+
+``build_dataset(DataConfig(...))`` is the one entry point the stages use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wsss.data.base import Sample, SegDataset, read_id_list
+from wsss.data.coco import COCO_CLASSES, COCODataset
+from wsss.data.folder import FolderDataset
+from wsss.data.labels import LabelTable, load_cls_labels, read_named_labels, save_cls_labels
+from wsss.data.voc import VOC_CLASSES, VOCDataset
+from wsss.io import WsssDataError
+
+DATASETS = {"voc": VOCDataset, "coco": COCODataset, "folder": FolderDataset}
+
+
+@dataclass
+class DataConfig:
+    """Which images a stage reads.
+
+    kind: ``voc`` (also the synthetic set, which is written as a VOC tree),
+    ``coco`` or ``folder``. root: the dataset folder. split: split name
+    (``train``, ``train_aug``, ``val``...). labels: image-level label file
+    overriding the dataset's own (``cls_labels.npy``, or CSV/JSON for folder).
+    masks: mask folder overriding the ground truth (pseudo masks for
+    train-seg). list_file: an explicit image-id list. category_ids: COCO masks
+    hold COCO category ids instead of contiguous indices.
+    """
+
+    kind: str = "voc"
+    root: str = ""
+    split: str = "train"
+    labels: str | None = None
+    masks: str | None = None
+    list_file: str | None = None
+    category_ids: bool = False
+
+
+def build_dataset(cfg: DataConfig, split: str | None = None) -> SegDataset:
+    if cfg.kind not in DATASETS:
+        raise WsssDataError(f"unknown dataset kind '{cfg.kind}'; choose one of {', '.join(DATASETS)}")
+    if not cfg.root:
+        raise WsssDataError("no dataset root given: set data.root in the config or pass --data-root")
+    kwargs = dict(labels=cfg.labels, masks=cfg.masks, list_file=cfg.list_file if split is None else None)
+    if cfg.kind == "coco":
+        kwargs["category_ids"] = cfg.category_ids
+    return DATASETS[cfg.kind](cfg.root, split or cfg.split, **kwargs)
+
+
+__all__ = [
+    "COCO_CLASSES", "COCODataset", "DataConfig", "FolderDataset", "LabelTable", "Sample", "SegDataset",
+    "VOC_CLASSES", "VOCDataset", "WsssDataError", "build_dataset", "load_cls_labels", "read_id_list",
+    "read_named_labels", "save_cls_labels",
+]

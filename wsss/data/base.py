@@ -1,0 +1,127 @@
+"""The dataset contract every reader (VOC, COCO, folder, synthetic) follows.
+
+A dataset is a list of string ids plus three lookups: image path, mask path
+(optional) and image-level label. ``class_names[0]`` is always ``background``;
+mask value ``c`` is class ``class_names[c]``; 255 is ignore. Image-level labels
+are multi-hot over the *foreground* classes only (length ``num_fg``), as IRN's
+``cls_labels.npy`` stores them, so label index ``k`` is mask value ``k + 1``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wsss.io import IGNORE_INDEX, WsssDataError, read_image, read_mask
+
+
+@dataclass
+class Sample:
+    """One image. ``image``: (H, W, 3) uint8 RGB; ``label``: (num_fg,) float32
+    multi-hot; ``mask``: (H, W) uint8 class indices with 255 ignore, or None."""
+
+    id: str
+    image: np.ndarray
+    label: np.ndarray
+    mask: np.ndarray | None
+
+
+class SegDataset:
+    """Base class: subclasses fill ``ids``, ``class_names`` and the three lookups."""
+
+    name = "base"
+
+    def __init__(self, root: str | Path, split: str, ids: Sequence[str], class_names: Sequence[str]):
+        self.root = Path(root)
+        self.split = split
+        self.ids = [str(i) for i in ids]
+        self.class_names = list(class_names)
+        if not self.class_names or self.class_names[0] != "background":
+            raise WsssDataError(
+                f"{self.name} dataset at {self.root}: the class list must start with 'background', "
+                f"got {self.class_names[:3]}"
+            )
+        if len(self.class_names) > 255:
+            raise WsssDataError(f"{len(self.class_names)} classes do not fit in a uint8 mask (at most 255)")
+
+    # -- lookups subclasses provide -------------------------------------------------
+    def image_path(self, image_id: str) -> Path:
+        raise NotImplementedError
+
+    def mask_path(self, image_id: str) -> Path | None:
+        """Path of the ground-truth mask, or None when this dataset has none for the id."""
+        raise NotImplementedError
+
+    def label(self, image_id: str) -> np.ndarray:
+        """Image-level multi-hot label, ``(num_fg,)`` float32."""
+        raise NotImplementedError
+
+    # -- shared behaviour ------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Classes in a mask, background included."""
+        return len(self.class_names)
+
+    @property
+    def num_fg(self) -> int:
+        """Foreground classes: the classifier's output size."""
+        return len(self.class_names) - 1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.ids[index]
+        return self.load(image_id)
+
+    def load(self, image_id: str, with_mask: bool = True) -> Sample:
+        image = read_image(self.image_path(image_id))
+        mask = None
+        if with_mask:
+            mp = self.mask_path(image_id)
+            if mp is not None:
+                mask = self.read_checked_mask(mp, image.shape[:2])
+        return Sample(id=image_id, image=image, label=self.label(image_id), mask=mask)
+
+    def read_checked_mask(self, path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Read a mask and check its size and class ids against this dataset."""
+        mask = read_mask(path)
+        if shape is not None and mask.shape != tuple(shape):
+            raise WsssDataError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}")
+        bad = np.unique(mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
+        if bad.size:
+            raise WsssDataError(
+                f"mask {path} holds class id(s) {bad.tolist()} but the dataset has {self.num_classes} classes "
+                f"(0..{self.num_classes - 1}, 255 = ignore)"
+            )
+        return mask
+
+    def label_from_mask(self, mask: np.ndarray) -> np.ndarray:
+        """Multi-hot foreground label of the classes present in ``mask``."""
+        label = np.zeros(self.num_fg, dtype=np.float32)
+        present = np.unique(mask)
+        present = present[(present > 0) & (present < self.num_classes)]
+        label[present.astype(np.int64) - 1] = 1.0
+        return label
+
+    def has_masks(self) -> bool:
+        return bool(self.ids) and self.mask_path(self.ids[0]) is not None
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Read an image-list file: one id per line (first whitespace-separated token,
+    path prefix and extension stripped, so IRN/COCO-style lists work too)."""
+    if not path.is_file():
+        raise WsssDataError(f"image list not found: {path}")
+    ids = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        token = line.split()[0]
+        ids.append(Path(token).stem)
+    if not ids:
+        raise WsssDataError(f"image list {path} is empty")
+    return ids

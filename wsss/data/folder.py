@@ -1,0 +1,96 @@
+"""A plain folder dataset for a user's own data.
+
+::
+
+    ROOT/
+      images/<id>.jpg|.jpeg|.png     any name; the id is the file name without extension
+      masks/<id>.png                 optional class-index masks (palette or grayscale PNG)
+      classes.txt                    one class name per line (background first, or it is added)
+      labels.csv | labels.json       image id -> class names (see wsss.data.labels.read_named_labels)
+      splits/<split>.txt             optional id lists; without them every image is in every split
+
+An image without any label is an error: weak supervision needs at least one
+class per image (add the class, or leave the image out of the split).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from wsss.data.base import SegDataset, read_id_list
+from wsss.data.labels import read_named_labels
+from wsss.io import WsssDataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class FolderDataset(SegDataset):
+    name = "folder"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        labels: str | Path | None = None,
+        masks: str | Path | None = None,
+        list_file: str | Path | None = None,
+        class_names: list[str] | None = None,
+    ):
+        root = Path(root).expanduser()
+        image_dir = root / "images"
+        if not image_dir.is_dir():
+            raise WsssDataError(f"folder dataset: {image_dir} not found (expected ROOT/images/, see the README)")
+        self._images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        if not self._images:
+            raise WsssDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+        if class_names is None:
+            names_file = root / "classes.txt"
+            if not names_file.is_file():
+                raise WsssDataError(f"folder dataset: {names_file} not found; list the class names there, one per line")
+            class_names = [l.strip() for l in names_file.read_text(encoding="utf-8").splitlines() if l.strip()]
+        if not class_names or class_names[0] != "background":
+            class_names = ["background"] + [c for c in class_names if c != "background"]
+        if list_file is None and (root / "splits" / f"{split}.txt").is_file():
+            list_file = root / "splits" / f"{split}.txt"
+        ids = read_id_list(Path(list_file)) if list_file is not None else sorted(self._images)
+        missing = [i for i in ids if i not in self._images]
+        if missing:
+            raise WsssDataError(f"{len(missing)} id(s) of split '{split}' have no image in {image_dir}: {missing[:10]}")
+        super().__init__(root, split, ids, class_names)
+        self.mask_dir = Path(masks) if masks is not None else root / "masks"
+        if masks is not None and not self.mask_dir.is_dir():
+            raise WsssDataError(f"mask folder not found: {masks}")
+        if labels is None:
+            for cand in ("labels.csv", "labels.json"):
+                if (root / cand).is_file():
+                    labels = root / cand
+                    break
+        self.labels = read_named_labels(labels, self.class_names) if labels is not None else None
+        self.labels_source = str(labels) if labels is not None else None
+
+    def image_path(self, image_id: str) -> Path:
+        return self._images[image_id]
+
+    def mask_path(self, image_id: str) -> Path | None:
+        p = self.mask_dir / f"{image_id}.png"
+        return p if p.is_file() else None
+
+    def label(self, image_id: str) -> np.ndarray:
+        if self.labels is not None and image_id in self.labels:
+            vec = self.labels[image_id].copy()
+        else:
+            mp = self.mask_path(image_id)
+            if mp is None:
+                raise WsssDataError(
+                    f"image '{image_id}' has no label: add it to {self.labels_source or 'ROOT/labels.csv'} "
+                    f"or give it a mask in {self.mask_dir}"
+                )
+            vec = self.label_from_mask(self.read_checked_mask(mp))
+        if not vec.any():
+            raise WsssDataError(
+                f"image '{image_id}' has no foreground class; weak supervision needs at least one label per image "
+                f"(fix its entry, or leave it out of the split)"
+            )
+        return vec
