@@ -79,5 +79,42 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
     click.echo(f"figures written to {Path(cfg.out) if cfg.out else Path(cfg.pred) / 'eval.json'}")
 
 
+@main.command("train-cls")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override it.")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-root", default=None, help="Dataset folder.")
+@click.option("--split", default=None, help="Training split [default: train].")
+@click.option("--val-split", default=None, help="Split scored each epoch (mAP, F1) [default: val].")
+@click.option("--model", default=None, help="Backbone: conformer_tiny|conformer_ti16|conformer_s16|conformer_b16|resnet50|resnet101|resnet50_v1c|resnet101_v1c|resnet_tiny [default: conformer_tiny].")
+@click.option("--pretrained", default=None, help="Local ImageNet weights (.pth/.pt/.safetensors) [default: none, train from scratch].")
+@click.option("--strict-load/--no-strict-load", default=None, help="Refuse weights whose keys do not match (classifier heads aside) [default: strict].")
+@click.option("--detach-branches/--no-detach-branches", default=None, help="Conformer: cut gradients between CNN and transformer branches [default: detach].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 5].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 384].")
+@click.option("--lr", type=float, default=None, help="CNN/backbone learning rate, poly decay [default: 5e-4].")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per GPU/process [default: 2].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto, a GPU if present].")
+@click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
+@click.option("--out", default=None, help="Output folder [default: runs/cls].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pretrained, strict_load, detach_branches,
+                  epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resume) -> None:
+    """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
+
+    Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
+    """
+    from wsss.cls.train import TrainClsConfig, train_cls
+
+    cfg = load_config(TrainClsConfig, config_path, {
+        "data.kind": data_kind, "data.root": data_root, "data.split": split, "val_split": val_split, "model": model,
+        "pretrained": pretrained, "strict_load": strict_load, "detach_branches": detach_branches, "epochs": epochs,
+        "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
+        "device": device, "seed": seed, "out": out,
+    }, section="train_cls")
+    train_cls(cfg, resume=resume, progress=sys.stderr.isatty())
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,125 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wsss.cls.metrics import average_precision, multilabel_metrics
+from wsss.cls.train import TrainClsConfig, epoch_batches, train_cls
+from wsss.config import ConfigError
+from wsss.data import DataConfig
+
+
+def _cfg(toy_root, out, **kw):
+    base = dict(
+        data=DataConfig(kind="voc", root=str(toy_root), split="train"), val_split="val", model="conformer_tiny",
+        epochs=2, batch_size=8, crop=64, resize_long=(48, 80), workers=0, device="cpu", out=str(out), log_every=1,
+    )
+    base.update(kw)
+    return TrainClsConfig(**base)
+
+
+def test_average_precision_by_hand():
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    targets = np.array([1, 0, 1, 0])
+    assert average_precision(scores, targets) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(scores, np.zeros(4)))
+    m = multilabel_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [0, 1]]))
+    assert m["mAP"] == pytest.approx(100.0) and m["F1"] == pytest.approx(100.0)
+
+
+def test_epoch_batches_cover_each_image_once():
+    batches = epoch_batches(50, 8, seed=3, epoch=1)
+    flat = np.concatenate(batches)
+    assert len(batches) == 6 and len(set(flat.tolist())) == 48
+    assert not np.array_equal(flat, np.concatenate(epoch_batches(50, 8, seed=3, epoch=2)))
+
+
+def test_training_lowers_the_loss(toy_root, tmp_path):
+    out = train_cls(_cfg(toy_root, tmp_path / "run", epochs=3, lr=1e-3), progress=False)
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [l["loss"] for l in lines if "loss" in l]
+    assert len(losses) == 18
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    done = json.loads((out / "done.json").read_text())
+    assert 0 <= done["val_mAP"] <= 100
+    assert (out / "config.yaml").is_file() and (out / "model.safetensors").is_file()
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["step"] == 18
+
+
+def test_resume_gives_the_same_weights(toy_root, tmp_path, monkeypatch):
+    cfg_a = _cfg(toy_root, tmp_path / "a", max_steps=7, save_every=3, val_split=None)
+    train_cls(cfg_a, progress=False)
+
+    cfg_b = _cfg(toy_root, tmp_path / "b", max_steps=7, save_every=3, val_split=None)
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # killed after the step-3 checkpoint, mid-epoch
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_cls(cfg_b, progress=False)
+    assert not (tmp_path / "b" / "done.json").exists()
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    train_cls(cfg_b, resume=True, progress=False)
+
+    wa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_a_changed_config(toy_root, tmp_path):
+    train_cls(_cfg(toy_root, tmp_path / "r", max_steps=2, save_every=1, val_split=None, epochs=1), progress=False)
+    (tmp_path / "r" / "done.json").unlink()
+    with pytest.raises(ConfigError, match="configuration changed \\(lr\\)"):
+        train_cls(_cfg(toy_root, tmp_path / "r", max_steps=2, save_every=1, val_split=None, epochs=1, lr=0.1),
+                  resume=True, progress=False)
+
+
+DDP_SCRIPT = r"""
+import sys
+from wsss.cls.train import TrainClsConfig, train_cls
+from wsss.data import DataConfig
+root, out = sys.argv[1], sys.argv[2]
+cfg = TrainClsConfig(data=DataConfig(kind="voc", root=root, split="train"), val_split=None, model="resnet_tiny",
+                     optimizer="sgd", lr=0.05, weight_decay=1e-4, epochs=1, batch_size=8, crop=64,
+                     resize_long=(48, 80), workers=0, device="cpu", out=out, max_steps=3)
+train_cls(cfg, progress=False)
+"""
+
+
+def test_ddp_two_processes_match_one(toy_root, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    single = subprocess.run([sys.executable, str(script), str(toy_root), str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            "--master_port", "29533", str(script), str(toy_root), str(tmp_path / "two")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
+    # the comparison means something only if training moved the weights away from their initial values
+    from wsss.cls.models import build_classifier
+
+    torch.manual_seed(0)
+    init = build_classifier("resnet_tiny", 8).state_dict()
+    assert not torch.equal(init["classifier.weight"], w1["classifier.weight"])
+    assert json.loads((tmp_path / "two" / "done.json").read_text())["steps"] == 3

@@ -1,0 +1,1 @@
+"""Stage 1, ``wsss train-cls``: multi-label classifiers whose class maps become CAMs."""

@@ -1,0 +1,152 @@
+"""Multi-label classifiers whose class maps are the CAMs of AD-CAM Eq. 2.
+
+Both classifiers share one contract, so the CAM driver never asks which one it
+holds:
+
+* ``forward(x) -> dict`` with ``logits`` (B, K) (and ``logits_trans`` for the
+  Conformer's transformer head);
+* ``class_maps(x) -> (B, K, h, w)``: ``w_k . f`` at every position of the
+  stride-16 feature map, before ReLU (the CAM before normalisation);
+* ``loss(out, labels)``: multi-label BCE, summed over the heads;
+* ``param_groups(cfg)``: optimiser groups with their own lr and schedule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GroupSpec:
+    """An optimiser group: its parameters, base lr and schedule name."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float
+    schedule: str
+    weight_decay: float
+
+
+class ResNetCAMNet(nn.Module):
+    """IRN's CAM network: ResNet (output stride 16, layer4 undilated) + global
+    average pooling + 1x1 classifier without bias.
+
+    As in IRN, BatchNorm always normalises with the ImageNet statistics
+    (``FixedBatchNorm``) and the stem, layer1 and layer2 are frozen: with batches
+    of 16 crops, batch statistics would be noisier than the pretrained ones, and
+    it makes data-parallel training identical to one process.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, *, pretrained: str | None = None, strict_load: bool = True):
+        super().__init__()
+        from wsss.models import build_backbone, load_weights
+
+        self.backbone = build_backbone(backbone, strides=(1, 2, 2, 1), frozen_bn=True, frozen_stages=2)
+        if pretrained:
+            load_weights(self.backbone, pretrained, strict=strict_load)
+        channels = self.backbone.out_channels["layer4"]
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1, bias=False)
+        nn.init.kaiming_normal_(self.classifier.weight)
+        self.num_classes = num_classes
+        self.stride = self.backbone.output_stride
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, ceil(H/16), ceil(W/16))."""
+        return self.backbone(x)["layer4"]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        logits = self.classifier(f.mean(dim=(2, 3), keepdim=True)).flatten(1)
+        return {"logits": logits}
+
+    def class_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.features(x), self.classifier.weight)
+
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out["logits"], labels)
+
+    def param_groups(self, lr: float, weight_decay: float, head_lr_mult: float = 10.0, **_) -> list[GroupSpec]:
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return [
+            GroupSpec("backbone", backbone, lr, "poly", weight_decay),
+            GroupSpec("classifier", list(self.classifier.parameters()), lr * head_lr_mult, "poly", weight_decay),
+        ]
+
+
+class ConformerClassifier(nn.Module):
+    """Conformer with both heads (AD-CAM Sec. 4.1): BCE on the CNN head (pooled
+    CNN map) and on the transformer head (normalised cls token).
+
+    ``detach_branches`` cuts the gradient between the branches at the coupling
+    units (AD-CAM's default; Table 3 ablates it). ``drop_last_block`` removes
+    ``conv_trans_12`` so the CNN map is at stride 16, like the token grid
+    (Sec. 5.1); it must be the same at training and extraction time, since the
+    CNN head sees that map's channels.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        *,
+        pretrained: str | None = None,
+        strict_load: bool = True,
+        detach_branches: bool = True,
+        drop_last_block: bool = True,
+    ):
+        super().__init__()
+        from wsss.models import build_backbone
+
+        self.net = build_backbone(
+            backbone, num_classes=num_classes, detach_branches=detach_branches, drop_last_block=drop_last_block
+        )
+        if pretrained:
+            from wsss.models import load_weights
+
+            load_weights(self.net, pretrained, strict=strict_load)
+        self.num_classes = num_classes
+        self.stride = self.net.cnn_stride
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        conv_logits, trans_logits = self.net(x)
+        return {"logits": conv_logits, "logits_trans": trans_logits}
+
+    def class_maps(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net.forward_features(x).cnn
+        return F.conv2d(f, self.net.conv_cls_head.weight[:, :, None, None])
+
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out["logits"], labels) + F.binary_cross_entropy_with_logits(
+            out["logits_trans"], labels
+        )
+
+    def param_groups(
+        self, lr: float, weight_decay: float, lr_transformer: float | None = None, **_
+    ) -> list[GroupSpec]:
+        """AD-CAM's recipe: the transformer branch at a constant ``lr_transformer``,
+        the CNN branch with poly decay from ``lr``."""
+        groups = self.net.param_groups()
+        return [
+            GroupSpec("cnn", groups["cnn"], lr, "poly", weight_decay),
+            GroupSpec("transformer", groups["transformer"], lr_transformer or lr, "constant", weight_decay),
+        ]
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    *,
+    pretrained: str | None = None,
+    strict_load: bool = True,
+    detach_branches: bool = True,
+    drop_last_block: bool = True,
+) -> nn.Module:
+    if backbone.startswith("conformer"):
+        return ConformerClassifier(
+            backbone, num_classes, pretrained=pretrained, strict_load=strict_load,
+            detach_branches=detach_branches, drop_last_block=drop_last_block,
+        )
+    return ResNetCAMNet(backbone, num_classes, pretrained=pretrained, strict_load=strict_load)

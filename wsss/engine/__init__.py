@@ -1,0 +1,1 @@
+"""Pieces every training stage shares: processes, checkpoints, schedules."""
