@@ -116,5 +116,57 @@ def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pr
     train_cls(cfg, resume=resume, progress=sys.stderr.isatty())
 
 
+@main.command("extract-cam")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its extract_cam section.")
+@click.option("--cls-dir", default=None, help="train-cls output folder (config.yaml + model.safetensors).")
+@click.option("--method", type=click.Choice(["cam", "adcam", "attn-diffusion", "tscam"]), default=None, help="How class maps are made [default: cam].")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-root", default=None, help="Dataset folder.")
+@click.option("--split", default=None, help="Images to process [default: train].")
+@click.option("--scales", default=None, help="Comma-separated image scales [default: 1.0,0.5,1.5,2.0].")
+@click.option("--topk", type=click.IntRange(1), default=None, help="AD-CAM: co-neighbours kept per token, k of Eq. 7 [default: 50].")
+@click.option("--steps", type=click.IntRange(0), default=None, help="AD-CAM: diffusion steps, T of Eq. 8 [default: 2].")
+@click.option("--diffusion", type=click.Choice(["distribute", "average"]), default=None, help="AD-CAM diffusion direction [default: distribute, the paper's text].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to run [default: auto].")
+@click.option("--out", default=None, help="Output folder of <id>.npz files [default: runs/cam].")
+@click.option("--overwrite", is_flag=True, default=None, help="Redo images already written.")
+def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, scales, topk, steps, diffusion, device, out, overwrite) -> None:
+    """Class activation maps (CAM, AD-CAM and Table 3's baselines) as IRN-format files.
+
+    Resumable (images already written are skipped); torchrun shards the images over processes.
+    """
+    from wsss.cam.extract import ExtractCamConfig, extract_cams
+
+    scale_list = [float(s) for s in scales.split(",")] if scales else None
+    cfg = load_config(ExtractCamConfig, config_path, {
+        "cls_dir": cls_dir, "method": method, "data.kind": data_kind, "data.root": data_root, "data.split": split,
+        "scales": scale_list, "topk": topk, "steps": steps, "diffusion": diffusion, "device": device, "out": out,
+        "overwrite": overwrite,
+    }, section="extract_cam")
+    result = extract_cams(cfg, progress=sys.stderr.isatty())
+    click.echo(f"CAMs written to {result}")
+    click.echo(f"next: wsss eval-cam --cam-dir {result} --data-root {cfg.data.root} --split {cfg.data.split}")
+
+
+@main.command("eval-cam")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its eval_cam section.")
+@click.option("--cam-dir", default=None, help="Folder of CAM files (.npz, or IRN's .npy).")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-root", default=None, help="Dataset folder (ground-truth masks).")
+@click.option("--split", default=None, help="Split to score [default: train].")
+@click.option("--out", default=None, help="JSON of the sweep [default: <cam-dir>/eval_cam.json; plot beside it].")
+def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, out) -> None:
+    """Seed quality: background-threshold sweep, best mIoU with its FP and FN (AD-CAM Table 3)."""
+    from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
+
+    cfg = load_config(EvalCamConfig, config_path, {
+        "cam_dir": cam_dir, "data.kind": data_kind, "data.root": data_root, "data.split": split, "out": out,
+    }, section="eval_cam")
+    res = evaluate_cams(cfg, progress=sys.stderr.isatty())
+    click.echo(res.best.table())
+    click.echo(f"seed mIoU {100 * res.best.miou:.2f}  FP {100 * res.best.mean_fp:.2f}  FN {100 * res.best.mean_fn:.2f}"
+               f"  at background threshold {res.best_threshold:.2f}")
+
+
 if __name__ == "__main__":
     main()

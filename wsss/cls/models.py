@@ -13,6 +13,7 @@ holds:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -150,3 +151,36 @@ def build_classifier(
             detach_branches=detach_branches, drop_last_block=drop_last_block,
         )
     return ResNetCAMNet(backbone, num_classes, pretrained=pretrained, strict_load=strict_load)
+
+
+def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the classifier a ``train-cls`` run wrote to ``cls_dir`` and load its
+    weights strictly. Returns the model in eval mode and the run's config dict."""
+    from safetensors.torch import load_file
+
+    from wsss.config import read_yaml
+    from wsss.engine.checkpoint import WEIGHTS_NAME
+
+    cls_dir = Path(cls_dir)
+    weights = cls_dir / WEIGHTS_NAME
+    if not (cls_dir / "config.yaml").is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{cls_dir} is not a train-cls output folder (needs config.yaml and {WEIGHTS_NAME}); "
+            f"run 'wsss train-cls --out {cls_dir}' first"
+        )
+    cfg = read_yaml(cls_dir / "config.yaml")
+    state = load_file(str(weights))
+    head = state.get("net.conv_cls_head.weight", state.get("classifier.weight"))
+    if head is None:
+        raise ValueError(f"{weights} holds neither a Conformer nor a ResNet CAM classifier head")
+    model = build_classifier(
+        cfg["model"], head.shape[0], detach_branches=cfg.get("detach_branches", True),
+        drop_last_block=cfg.get("drop_last_block", True),
+    )
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{weights} does not match a '{cfg['model']}' classifier: missing {result.missing_keys[:20]}, "
+            f"unexpected {result.unexpected_keys[:20]}"
+        )
+    return model.to(device).eval(), cfg

@@ -1,0 +1,134 @@
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from wsss.cam.extract import ExtractCamConfig, compute_cams, extract_cams, load_cam, save_cam
+from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
+from wsss.cli import main
+from wsss.cls.models import load_trained_classifier
+from wsss.cls.train import TrainClsConfig, train_cls
+from wsss.cls.transforms import normalize
+from wsss.config import ConfigError
+from wsss.data import DataConfig
+
+
+@pytest.fixture(scope="module")
+def cls_dirs(toy_root, tmp_path_factory):
+    """Two briefly trained classifiers (a few steps: the tests check the plumbing, not quality)."""
+    dirs = {}
+    for model in ("resnet_tiny", "conformer_tiny"):
+        out = tmp_path_factory.mktemp(model)
+        cfg = TrainClsConfig(data=DataConfig(kind="voc", root=str(toy_root)), val_split=None, model=model,
+                             epochs=1, batch_size=8, crop=64, resize_long=(48, 80), workers=0, device="cpu",
+                             out=str(out), max_steps=2, optimizer="sgd" if model == "resnet_tiny" else "adamw",
+                             lr=0.01 if model == "resnet_tiny" else 5e-4)
+        train_cls(cfg, progress=False)
+        dirs[model] = out
+    return dirs
+
+
+def _reference_cam(model, image, label, scales):
+    """Slow re-statement of IRN's protocol for vanilla CAM, one scale and one flip at a time."""
+    h, w = image.shape[:2]
+    keys = np.flatnonzero(label)
+    strided = (math.ceil(h / 4), math.ceil(w / 4))
+    up = (math.ceil(h / 16) * 16, math.ceil(w / 16) * 16)
+    cam_sum = np.zeros((len(keys),) + strided)
+    high_sum = np.zeros((len(keys),) + up)
+    import cv2
+
+    for s in scales:
+        im = image if s == 1.0 else cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_CUBIC)
+        for flip in (False, True):
+            x = torch.from_numpy(normalize(np.ascontiguousarray(im[:, ::-1] if flip else im)))[None]
+            with torch.no_grad():
+                m = F.relu(model.class_maps(x))[0, keys]
+            if flip:
+                m = m.flip(-1)
+            cam_sum += F.interpolate(m[None], strided, mode="bilinear", align_corners=False)[0].numpy()
+            high_sum += F.interpolate(m[None], up, mode="bilinear", align_corners=False)[0].numpy()
+    high_sum = high_sum[:, :h, :w]
+    cam_sum /= cam_sum.reshape(len(keys), -1).max(1)[:, None, None] + 1e-5
+    high_sum /= high_sum.reshape(len(keys), -1).max(1)[:, None, None] + 1e-5
+    return keys, cam_sum, high_sum
+
+
+def test_driver_matches_per_scale_reference(cls_dirs):
+    model, _ = load_trained_classifier(cls_dirs["resnet_tiny"])
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(45, 70, 3), dtype=np.uint8)  # odd size: padding and cropping
+    label = np.zeros(8, np.float32)
+    label[[1, 5]] = 1
+    cfg = ExtractCamConfig(method="cam", scales=(1.0, 0.5, 1.5))
+    got = compute_cams(model, image, label, cfg, torch.device("cpu"))
+    keys, cam, high = _reference_cam(model, image, label, cfg.scales)
+    np.testing.assert_array_equal(got["keys"], keys)
+    assert got["cam"].shape == (2, 12, 18) and got["high_res"].shape == (2, 45, 70)
+    np.testing.assert_allclose(got["cam"], cam, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["high_res"], high, rtol=1e-4, atol=1e-5)
+    peaks = got["high_res"].reshape(2, -1).max(1)
+    assert np.all(peaks <= 1.0) and np.all((peaks == 0) | (peaks > 0.99))  # max / (max + 1e-5)
+
+
+def test_irn_npy_files_are_read(tmp_path):
+    cam = torch.rand(2, 5, 6)
+    high = np.random.rand(2, 17, 23).astype(np.float32)
+    np.save(tmp_path / "2007_000032.npy", {"keys": np.array([3, 14]), "cam": cam, "high_res": high})
+    got = load_cam(tmp_path, "2007_000032")
+    np.testing.assert_array_equal(got["keys"], [3, 14])
+    np.testing.assert_allclose(got["cam"], cam.numpy())
+    save_cam(tmp_path / "x.npz", got)
+    again = load_cam(tmp_path, "x")
+    np.testing.assert_array_equal(again["high_res"], high)
+    np.save(tmp_path / "bad.npy", {"keys": np.array([1]), "cam": np.zeros((2, 3, 3)), "high_res": np.zeros((2, 4, 4))})
+    with pytest.raises(Exception, match="2 planes but 1 keys"):
+        load_cam(tmp_path, "bad")
+
+
+def test_extract_is_resumable_and_guards_settings(cls_dirs, toy_root, tmp_path):
+    out = tmp_path / "cams"
+    cfg = ExtractCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"), cls_dir=str(cls_dirs["resnet_tiny"]),
+                           method="cam", scales=(1.0,), device="cpu", out=str(out))
+    extract_cams(cfg, progress=False)
+    files = sorted(out.glob("*.npz"))
+    assert len(files) == 16 and (out / "done.json").is_file()
+    # an interrupted run: remove a few outputs, rerun, only those are redone
+    mtimes = {f.name: f.stat().st_mtime_ns for f in files}
+    for f in files[:3]:
+        f.unlink()
+    extract_cams(cfg, progress=False)
+    after = {f.name: f.stat().st_mtime_ns for f in sorted(out.glob("*.npz"))}
+    assert len(after) == 16
+    assert all(after[n] == mtimes[n] for n in list(mtimes)[3:])
+    cfg.scales = (1.0, 0.5)
+    with pytest.raises(ConfigError, match="other settings \\(scales\\)"):
+        extract_cams(cfg, progress=False)
+    res = evaluate_cams(EvalCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"), cam_dir=str(out)),
+                        progress=False)
+    assert 0 <= res.best.miou <= 1 and (out / "eval_cam.json").is_file() and (out / "eval_cam.png").is_file()
+
+
+def test_adcam_needs_a_conformer(cls_dirs, toy_root, tmp_path):
+    cfg = ExtractCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"), cls_dir=str(cls_dirs["resnet_tiny"]),
+                           method="adcam", scales=(1.0,), device="cpu", out=str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="needs a Conformer"):
+        extract_cams(cfg, progress=False)
+
+
+@pytest.mark.parametrize("method", ["cam", "adcam", "attn-diffusion", "tscam"])
+def test_conformer_methods_cli(cls_dirs, toy_root, tmp_path, method):
+    out = tmp_path / method
+    res = CliRunner().invoke(main, ["extract-cam", "--cls-dir", str(cls_dirs["conformer_tiny"]), "--method", method,
+                                    "--data-root", str(toy_root), "--split", "val", "--scales", "1.0,0.5",
+                                    "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    c = load_cam(out, "2001_000000")
+    assert c["high_res"].shape[1:] == (64, 64) and c["high_res"].min() >= 0 and c["high_res"].max() <= 1
+    res = CliRunner().invoke(main, ["eval-cam", "--cam-dir", str(out), "--data-root", str(toy_root), "--split", "val"])
+    assert res.exit_code == 0, res.output
+    assert "seed mIoU" in res.output
