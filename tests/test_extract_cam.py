@@ -111,6 +111,14 @@ def test_extract_is_resumable_and_guards_settings(cls_dirs, toy_root, tmp_path):
     res = evaluate_cams(EvalCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"), cam_dir=str(out)),
                         progress=False)
     assert 0 <= res.best.miou <= 1 and (out / "eval_cam.json").is_file() and (out / "eval_cam.png").is_file()
+    fig = tmp_path / "grid.png"
+    r = CliRunner().invoke(main, ["visualize", "--data-root", str(toy_root), "--split", "val", "--num", "3",
+                                  "--cam", f"cam={out}", "--mask", f"gt={toy_root / 'SegmentationClass'}", "--out", str(fig)])
+    assert r.exit_code == 0, r.output
+    from PIL import Image
+
+    with Image.open(fig) as im:
+        assert im.size[1] == 3 * 160 and im.size[0] >= 4 * 160  # 3 rows: image, >= 1 heatmap, seed, gt...
 
 
 def test_adcam_needs_a_conformer(cls_dirs, toy_root, tmp_path):

@@ -168,5 +168,62 @@ def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, out) -> None
                f"  at background threshold {res.best_threshold:.2f}")
 
 
+@main.command("visualize")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default="voc", help="Dataset layout.")
+@click.option("--data-root", required=True, help="Dataset folder.")
+@click.option("--split", default="train", help="Split the ids come from.")
+@click.option("--ids", default=None, help="Comma-separated image ids [default: the split's first --num].")
+@click.option("--num", type=click.IntRange(1), default=6, help="Images when --ids is not given.")
+@click.option("--cam", "cams", multiple=True, help="NAME=DIR of a CAM folder (repeatable), e.g. --cam adcam=runs/adcam.")
+@click.option("--mask", "masks", multiple=True, help="NAME=DIR of a mask folder (repeatable), e.g. --mask pseudo=runs/pseudo.")
+@click.option("--threshold", type=float, default=0.25, help="Background threshold of the seed masks shown.")
+@click.option("--out", required=True, help="PNG file to write.")
+def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, threshold, out) -> None:
+    """PNG grid per image: image, CAM heatmap per class, seed mask, other masks, ground truth."""
+    from wsss.data import DataConfig, build_dataset
+    from wsss.viz import cam_grid
+
+    def pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
+        result = {}
+        for item in items:
+            if "=" not in item:
+                raise click.UsageError(f"--{what} takes NAME=DIR, got '{item}'")
+            name, path = item.split("=", 1)
+            result[name] = path
+        return result
+
+    ds = build_dataset(DataConfig(kind=data_kind, root=data_root, split=split))
+    chosen = ids.split(",") if ids else ds.ids[:num]
+    path = cam_grid(ds, chosen, out, cam_dirs=pairs(cams, "cam"), mask_dirs=pairs(masks, "mask"), threshold=threshold)
+    click.echo(f"figure written to {path}")
+
+
+@main.command("make-pseudo")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its make_pseudo section.")
+@click.option("--cam-dir", default=None, help="Folder of CAM files (.npz from extract-cam, or IRN's .npy).")
+@click.option("--refine", type=click.Choice(["none", "crf", "ir-label"]), default=None, help="none: threshold; crf: dense CRF; ir-label: IRNet's training labels [default: crf].")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-root", default=None, help="Dataset folder (the images, for the CRF).")
+@click.option("--split", default=None, help="Images to process [default: train].")
+@click.option("--threshold", type=float, default=None, help="Background threshold of the seed, in [0, 1] [default: 0.25].")
+@click.option("--conf-fg", type=float, default=None, help="ir-label: confident-foreground threshold [default: 0.30].")
+@click.option("--conf-bg", type=float, default=None, help="ir-label: confident-background threshold [default: 0.05].")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: 2].")
+@click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
+@click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
+def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, workers, out, overwrite) -> None:
+    """Pseudo masks from CAMs: thresholding, dense CRF, or IRNet's IR labels. Resumable."""
+    from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+
+    cfg = load_config(MakePseudoConfig, config_path, {
+        "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
+        "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "out": out,
+        "overwrite": overwrite,
+    }, section="make_pseudo")
+    result = make_pseudo(cfg, progress=sys.stderr.isatty())
+    click.echo(f"pseudo masks written to {result}")
+    click.echo(f"score them: wsss eval --pred {result} --gt <ground-truth mask folder>")
+
+
 if __name__ == "__main__":
     main()
