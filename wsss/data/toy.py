@@ -23,6 +23,7 @@ The tree written by :func:`make_toy` has VOC's layout plus IRN's
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -55,7 +56,7 @@ SPLITS = {"train": 0, "val": 1}
 _ID_YEAR = {"train": 2000, "val": 2001}
 
 # Number of objects per image: about half the images end up multi-label.
-_NUM_OBJECTS_P = np.array([0.42, 0.34, 0.16, 0.08])
+_NUM_OBJECTS_P = np.array([0.5, 0.3, 0.14, 0.06])
 # Object radius as a fraction of the image side: diameters span 25-55% of it.
 _RADIUS_RANGE = (0.125, 0.275)
 # An object is kept only if this much of it stays visible (occlusion, border,
@@ -70,12 +71,14 @@ _CLASS_HUE_P = 0.3
 @dataclass
 class ToyScene:
     """One rendered sample. ``image``: (H, W, 3) uint8 RGB; ``mask``: (H, W) uint8,
-    0 background, ``k`` = ``TOY_CLASS_NAMES[k]``, 255 ignore; ``background``: the
-    background texture family; ``objects``: class names in painting order (an
-    object may be duplicated or, rarely, hidden under the ignore band)."""
+    0 background, ``k`` = ``TOY_CLASS_NAMES[k]``, 255 ignore; ``instances``:
+    (H, W) uint8, 0 background (distractors included), ``k`` the visible part of
+    ``objects[k - 1]``; ``background``: the background texture family;
+    ``objects``: class names in painting order (a class may repeat)."""
 
     image: np.ndarray
     mask: np.ndarray
+    instances: np.ndarray
     background: str
     objects: list[str] = field(default_factory=list)
 
@@ -210,7 +213,7 @@ def _shape_mask(rng: np.random.Generator, kind: str, size: int, cx: float, cy: f
         return ((au <= arm) & (av <= 1.0)) | ((av <= arm) & (au <= 1.0))
     if kind == "ring":
         r2 = u * u + v * v
-        inner = rng.uniform(0.45, 0.6)
+        inner = rng.uniform(0.35, 0.55)
         return (r2 <= 1.0) & (r2 >= inner * inner)
     if kind == "star":
         points = 5
@@ -224,8 +227,9 @@ def _shape_mask(rng: np.random.Generator, kind: str, size: int, cx: float, cy: f
         ix, iy = inner * np.cos(half_step), inner * np.sin(half_step)
         return (ix - 1.0) * py - iy * (px - 1.0) >= 0
     if kind == "crescent":
-        offset = rng.uniform(0.35, 0.5)
-        bite = rng.uniform(0.75, 0.9)
+        # Thick enough that the ignore band leaves a body at 64 px.
+        offset = rng.uniform(0.45, 0.6)
+        bite = rng.uniform(0.7, 0.85)
         return (u * u + v * v <= 1.0) & ((u - offset) ** 2 + v * v > bite * bite)
     raise ValueError(f"unknown shape {kind!r}")
 
@@ -331,8 +335,8 @@ def _object_appearance(
 def render_toy(seed: int, split: str, index: int, size: int = 128) -> ToyScene:
     """Render sample ``index`` of ``split`` ('train' or 'val').
 
-    The random stream is seeded from ``(seed, split, index)`` alone, so a sample
-    does not depend on which worker renders it or in which order.
+    The random stream is seeded from ``(seed, split, index, size)`` alone, so a
+    sample does not depend on which worker renders it or in which order.
     """
     rng = np.random.default_rng([seed, SPLITS[split], index, size])
     plan = _choose_classes(rng)
@@ -352,12 +356,21 @@ def render_toy(seed: int, split: str, index: int, size: int = 128) -> ToyScene:
     centres: list[tuple[float, float, float]] = []
     for cls, beside_previous in plan:
         for attempt in range(12):
-            radius = rng.uniform(*_RADIUS_RANGE) * size
+            lo, hi = _RADIUS_RANGE
+            if not placed and attempt >= 6:
+                # Small thin shapes can vanish under the ignore band at small sizes;
+                # a central object at full size always survives, so no image is unlabelled.
+                lo = hi
+            radius = rng.uniform(lo, hi) * size
             if beside_previous and centres:
                 px, py, pr = centres[-1]
                 a = rng.uniform(0, 2 * np.pi)
                 dist = (pr + radius) * rng.uniform(0.6, 0.95)
                 cx, cy = px + dist * np.cos(a), py + dist * np.sin(a)
+                # Centres stay near the image, as for other objects, so the
+                # border never leaves just a sliver of the companion.
+                if not (-0.05 * size <= min(cx, cy) and max(cx, cy) <= 1.05 * size):
+                    continue
             elif not placed:
                 # The first object stays central so every image has a clearly visible one.
                 cx, cy = rng.uniform(0.3, 0.7, 2) * size
@@ -369,7 +382,7 @@ def render_toy(seed: int, split: str, index: int, size: int = 128) -> ToyScene:
             if shape.any() and _visible_ok(trial, size, areas + [int(shape.sum())]):
                 break
         else:
-            continue
+            continue  # no attempt left it visible: leave the object out
         canvas[shape] = _object_appearance(rng, cls, size, shape, canvas)[shape]
         instances = trial
         placed.append(cls)
@@ -397,20 +410,26 @@ def render_toy(seed: int, split: str, index: int, size: int = 128) -> ToyScene:
     image = canvas * light[..., None] + rng.normal(0, rng.uniform(2, 6), canvas.shape).astype(np.float32)
     image = cv2.GaussianBlur(np.clip(image, 0, 255), (0, 0), 0.6 * max(1.0, size / 128))
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return ToyScene(image=image, mask=mask, background=background, objects=placed)
+    return ToyScene(image=image, mask=mask, instances=instances, background=background, objects=placed)
 
 
 # -- writing the tree ----------------------------------------------------------------------
 
 
-def _write_sample(job: tuple[str, int, int, int, str]) -> tuple[str, np.ndarray]:
-    """Render and write one sample; returns its id and label (runs in workers)."""
+def _write_sample(job: tuple[str, int, int, int, str]) -> tuple[str, list[int]]:
+    """Render and write one sample (runs in workers); returns its id and the
+    indices of its label's foreground classes.
+
+    Plain ints rather than the label array travel back, because an array
+    unpickled from a worker pickles to other bytes than a local one and
+    ``cls_labels.npy`` must not depend on ``workers``.
+    """
     split, index, seed, size, root = job
     scene = render_toy(seed, split, index, size)
     image_id = toy_id(split, index)
     write_image(Path(root) / "JPEGImages" / f"{image_id}.jpg", scene.image, quality=95)
     write_mask(Path(root) / "SegmentationClass" / f"{image_id}.png", scene.mask)
-    return image_id, scene.label
+    return image_id, np.flatnonzero(scene.label).tolist()
 
 
 def _init_worker() -> None:
@@ -447,7 +466,11 @@ def make_toy(
     ``toy_info.json``. The output depends only on ``size``, the counts and
     ``seed``, not on ``workers``. When ``toy_info.json`` matches these parameters
     and every file exists the call returns at once; the info file is written
-    last, so an interrupted run is regenerated.
+    last, so an interrupted run is regenerated. Files of an earlier, larger run
+    are left in place; the split lists name the current ones.
+
+    ``workers`` > 1 renders in spawned processes, which re-import the caller's
+    ``__main__``: a script calling this needs an ``if __name__ == "__main__":`` guard.
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
@@ -481,14 +504,15 @@ def make_toy(
     jobs = [(split, i, seed, size, str(root)) for split in ("train", "val") for i in range(len(ids[split]))]
     labels: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(jobs), desc=f"toy dataset {size}px", unit="img", disable=not progress)
-    if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            for image_id, label in pool.imap(_write_sample, jobs, chunksize=32):
-                labels[int(image_id.replace("_", ""))] = label
-                bar.update()
-    else:
-        for job in jobs:
-            image_id, label = _write_sample(job)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker))
+            results = pool.imap(_write_sample, jobs, chunksize=32)
+        else:
+            results = map(_write_sample, jobs)
+        for image_id, present in results:
+            label = np.zeros(len(SHAPES), dtype=np.float32)
+            label[present] = 1.0
             labels[int(image_id.replace("_", ""))] = label
             bar.update()
     bar.close()
