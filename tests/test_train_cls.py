@@ -93,8 +93,9 @@ DDP_SCRIPT = r"""
 import sys
 from wsss.cls.train import TrainClsConfig, train_cls
 from wsss.data import DataConfig
-root, out = sys.argv[1], sys.argv[2]
+root, out, weights = sys.argv[1], sys.argv[2], sys.argv[3]
 cfg = TrainClsConfig(data=DataConfig(kind="voc", root=root, split="train"), val_split=None, model="resnet_tiny",
+                     pretrained=weights,
                      optimizer="sgd", lr=0.05, weight_decay=1e-4, epochs=1, batch_size=8, crop=64,
                      resize_long=(48, 80), workers=0, device="cpu", out=out, max_steps=3)
 train_cls(cfg, progress=False)
@@ -102,14 +103,22 @@ train_cls(cfg, progress=False)
 
 
 def test_ddp_two_processes_match_one(toy_root, tmp_path):
+    # With ImageNet-style weights the CAM net uses IRN's fixed BatchNorm, so processes cannot diverge
+    # through batch statistics; a saved random backbone stands in for the weights file.
+    from wsss.models import build_backbone
+    from wsss.models.weights import save_safetensors
+
+    torch.manual_seed(1)
+    weights = tmp_path / "backbone.safetensors"
+    save_safetensors(build_backbone("resnet_tiny").state_dict(), weights)
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    single = subprocess.run([sys.executable, str(script), str(toy_root), str(tmp_path / "one")], env=env,
+    single = subprocess.run([sys.executable, str(script), str(toy_root), str(tmp_path / "one"), str(weights)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29533", str(script), str(toy_root), str(tmp_path / "two")],
+                            "--master_port", "29533", str(script), str(toy_root), str(tmp_path / "two"), str(weights)],
                            env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
@@ -120,6 +129,7 @@ def test_ddp_two_processes_match_one(toy_root, tmp_path):
     from wsss.cls.models import build_classifier
 
     torch.manual_seed(0)
-    init = build_classifier("resnet_tiny", 8).state_dict()
+    init = build_classifier("resnet_tiny", 8, pretrained=str(weights)).state_dict()
     assert not torch.equal(init["classifier.weight"], w1["classifier.weight"])
+    assert not torch.equal(init["backbone.layer4.0.conv1.weight"], w1["backbone.layer4.0.conv1.weight"])
     assert json.loads((tmp_path / "two" / "done.json").read_text())["steps"] == 3

@@ -35,17 +35,20 @@ class ResNetCAMNet(nn.Module):
     """IRN's CAM network: ResNet (output stride 16, layer4 undilated) + global
     average pooling + 1x1 classifier without bias.
 
-    As in IRN, BatchNorm always normalises with the ImageNet statistics
-    (``FixedBatchNorm``) and the stem, layer1 and layer2 are frozen: with batches
-    of 16 crops, batch statistics would be noisier than the pretrained ones, and
-    it makes data-parallel training identical to one process.
+    With ImageNet weights, as in IRN, BatchNorm always normalises with the
+    pretrained statistics (``FixedBatchNorm``) and the stem, layer1 and layer2
+    are frozen: with batches of 16 crops, batch statistics would be noisier than
+    the pretrained ones, and it makes data-parallel training identical to one
+    process. Without weights (the synthetic demo) nothing is frozen: frozen
+    random features and initial BN statistics would leave nothing to learn with.
     """
 
     def __init__(self, backbone: str, num_classes: int, *, pretrained: str | None = None, strict_load: bool = True):
         super().__init__()
         from wsss.models import build_backbone, load_weights
 
-        self.backbone = build_backbone(backbone, strides=(1, 2, 2, 1), frozen_bn=True, frozen_stages=2)
+        irn_freeze = dict(frozen_bn=True, frozen_stages=2) if pretrained else {}
+        self.backbone = build_backbone(backbone, strides=(1, 2, 2, 1), **irn_freeze)
         if pretrained:
             load_weights(self.backbone, pretrained, strict=strict_load)
         channels = self.backbone.out_channels["layer4"]
