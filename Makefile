@@ -23,7 +23,7 @@ WSSS  = $(BIN)/wsss
 demo: install
 	$(WSSS) make-toy --out $(RUN)/toy
 	$(WSSS) eval --pred $(RUN)/toy/SegmentationClass --gt $(RUN)/toy/SegmentationClass --out $(RUN)/toy/eval_identity.json
-	$(WSSS) train-cls --config configs/toy_conformer.yaml --data-root $(RUN)/toy --out $(RUN)/cls_conformer --resume
+	$(WSSS) train-cls --config configs/toy_conformer.yaml --data-root $(RUN)/toy --out $(RUN)/cls_conformer --epochs 2 --resume
 	$(WSSS) extract-cam --cls-dir $(RUN)/cls_conformer --method cam --data-root $(RUN)/toy --split val --out $(RUN)/cam
 	$(WSSS) extract-cam --cls-dir $(RUN)/cls_conformer --method adcam --data-root $(RUN)/toy --split val --out $(RUN)/adcam
 	$(WSSS) eval-cam --cam-dir $(RUN)/cam --data-root $(RUN)/toy --split val

@@ -110,7 +110,16 @@ class ConformerClassifier(nn.Module):
         if pretrained:
             from wsss.models import load_weights
 
-            load_weights(self.net, pretrained, strict=strict_load)
+            key_map = None
+            if drop_last_block:
+                # The official checkpoints hold the full network; the block this model drops is
+                # expected to be unused, not a mismatch (any other difference still is one).
+                dropped = f"conv_trans_{self.net.num_transformer_blocks + 1}."
+
+                def key_map(key: str) -> str | None:
+                    return None if key.startswith(dropped) else key
+
+            load_weights(self.net, pretrained, strict=strict_load, key_map=key_map)
         self.num_classes = num_classes
         self.stride = self.net.cnn_stride
 
