@@ -9,6 +9,7 @@ value of the wrong type is an error naming the key and the expected type.
 from __future__ import annotations
 
 import dataclasses
+import json
 import difflib
 import types
 import typing
@@ -195,3 +196,25 @@ def dump_config(cfg: Any) -> str:
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved configuration (atomic) next to a stage's outputs."""
     return write_text(path, dump_config(cfg))
+
+
+MANIFEST = "manifest.json"
+
+
+def check_output_settings(out: str | Path, settings: Mapping[str, Any], what: str, overwrite: bool = False) -> None:
+    """Refuse to add outputs to a folder whose ``manifest.json`` records other settings.
+
+    Stages that skip finished items on a rerun call this first, so a resumed run
+    never mixes outputs made with different parameters. ``what`` names the
+    outputs in the message ("CAMs", "masks").
+    """
+    path = Path(out) / MANIFEST
+    if overwrite or not path.is_file():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(k for k in settings if settings[k] != old.get(k))
+    if changed:
+        raise ConfigError(
+            f"{out} holds {what} made with other settings ({', '.join(changed)}); "
+            "pass --overwrite to replace them or choose another --out"
+        )

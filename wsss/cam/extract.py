@@ -17,7 +17,6 @@ scored here.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from wsss.cls.models import load_trained_classifier
 from wsss.cls.transforms import normalize
-from wsss.config import ConfigError, save_config, to_dict
+from wsss.config import MANIFEST, ConfigError, check_output_settings, save_config, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
 from wsss.io import WsssDataError, atomic_write, read_image, write_json
@@ -183,8 +182,6 @@ def load_cam(cam_dir: str | Path, image_id: str) -> dict[str, np.ndarray]:
     return out
 
 
-MANIFEST = "manifest.json"
-
 
 def _manifest(cfg: ExtractCamConfig) -> dict:
     d = to_dict(cfg)
@@ -206,14 +203,7 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.out)
     manifest = _manifest(cfg)
-    if (out / MANIFEST).is_file() and not cfg.overwrite:
-        old = json.loads((out / MANIFEST).read_text())
-        changed = sorted(k for k in manifest if manifest[k] != old.get(k))
-        if changed:
-            raise ConfigError(
-                f"{out} holds CAMs made with other settings ({', '.join(changed)}); "
-                "pass --overwrite to replace them or choose another --out"
-            )
+    check_output_settings(out, manifest, "CAMs", cfg.overwrite)
     ds = build_dataset(cfg.data)
     model, _ = load_trained_classifier(cfg.cls_dir, device)
     if dist.is_main():

@@ -13,7 +13,6 @@ are skipped, so an interrupted run continues. CPU-bound work runs in
 """
 from __future__ import annotations
 
-import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wsss.cam.extract import load_cam
-from wsss.config import ConfigError, save_config, to_dict
+from wsss.config import MANIFEST, ConfigError, check_output_settings, save_config, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.io import read_image, write_json, write_mask
 from wsss.metrics import cam_to_mask
@@ -72,17 +71,10 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
     out = Path(cfg.out)
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite")}
-    if (out / "manifest.json").is_file() and not cfg.overwrite:
-        old = json.loads((out / "manifest.json").read_text())
-        changed = sorted(k for k in settings if settings[k] != old.get(k))
-        if changed:
-            raise ConfigError(
-                f"{out} holds masks made with other settings ({', '.join(changed)}); "
-                "pass --overwrite to replace them or choose another --out"
-            )
+    check_output_settings(out, settings, "masks", cfg.overwrite)
     ds = build_dataset(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "manifest.json", settings)
+    write_json(out / MANIFEST, settings)
     save_config(cfg, out / "config.yaml")
     todo = ds.ids if cfg.overwrite else [i for i in ds.ids if not (out / f"{i}.png").is_file()]
     if len(todo) < len(ds.ids):
