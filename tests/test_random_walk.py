@@ -1,6 +1,5 @@
 """IRN random walk: the stencil walk against a slow, loop-built dense reference (IRN's formulation)."""
 
-import math
 
 import numpy as np
 import pytest

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from wsss.cls.metrics import average_precision, multilabel_metrics
-from wsss.cls.train import TrainClsConfig, epoch_batches, train_cls
+from wsss.cls.train import TrainClsConfig, train_cls
+from wsss.engine.loop import epoch_batches
 from wsss.config import ConfigError
 from wsss.data import DataConfig
 

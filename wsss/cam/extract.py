@@ -33,7 +33,7 @@ from wsss.cls.transforms import normalize
 from wsss.config import MANIFEST, ConfigError, check_output_settings, save_config, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
-from wsss.io import WsssDataError, atomic_write, read_image, write_json
+from wsss.io import WsssDataError, atomic_write, write_json
 
 MethodFn = Callable[[torch.nn.Module, torch.Tensor, "ExtractCamConfig"], torch.Tensor]
 CAM_METHODS: dict[str, MethodFn] = {}

@@ -1,0 +1,317 @@
+"""IRNet's boundary branch: pairs and paths, affinity labels, loss, the frozen net, and train-irn."""
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wsss.config import ConfigError
+from wsss.data import DataConfig, build_dataset
+from wsss.io import write_mask
+from wsss.pseudo.irnet import (
+    BoundaryNet,
+    affinity_labels,
+    boundary_loss,
+    edge_to_affinity,
+    infer_boundary,
+    path_index,
+)
+from wsss.pseudo.random_walk import boundary_to_affinity
+from wsss.pseudo.train_irn import TrainIrnConfig, irn_train_transform, load_boundary_net, train_irn
+
+
+def _tiny_net(seed=0):
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return BoundaryNet("resnet_tiny")
+
+
+def _segment_distance(p, d):
+    """Distance from point p to the segment from (0, 0) to d."""
+    p, d = np.asarray(p, float), np.asarray(d, float)
+    t = np.clip(p @ d / (d @ d), 0, 1)
+    return float(np.linalg.norm(p - t * d))
+
+
+# ----------------------------------------------------------------------------- directions and paths
+@pytest.mark.parametrize("radius, count", [(3, 12), (5, 34), (10, 152)])
+def test_path_index_directions_are_every_pair_once(radius, count):
+    brute = {(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+             if 0 < dy * dy + dx * dx < radius * radius and (dy > 0 or (dy == 0 and dx > 0))}
+    index = path_index(radius)
+    assert len(index.directions) == count == len(brute)
+    assert set(index.directions) == brute
+    # with the mirrors, every offset within the radius is reached exactly once
+    mirrored = [(-dy, -dx) for dy, dx in index.directions]
+    assert len(set(index.directions) | set(mirrored)) == 2 * count
+
+
+@pytest.mark.parametrize("radius", [3, 5, 10])
+def test_paths_lie_on_and_cover_their_segment(radius):
+    index = path_index(radius)
+    for d, path in zip(index.directions, index.paths):
+        assert (0, 0) in path and d in path and len(set(path)) == len(path)
+        for p in path:
+            assert _segment_distance(p, d) < 1, (d, p)
+        # every point of the segment rounds to a pixel of the path
+        for t in np.linspace(0, 1, 101):
+            assert (round(t * d[0]), round(t * d[1])) in path, (d, t)
+
+
+# ----------------------------------------------------------------------------- affinity labels
+def _pair_loop(label, radius):
+    """Expected (bg_pos, fg_pos, neg) by a loop over source pixels in IRN's window."""
+    index = path_index(radius)
+    m = radius - 1
+    h, w = label.shape
+    hc, wc = h - m, w - 2 * m
+    out = np.zeros((3, len(index.directions), hc, wc), np.float32)
+    for i, (dy, dx) in enumerate(index.directions):
+        for y in range(hc):
+            for x in range(wc):
+                a, b = label[y, x + m], label[y + dy, x + m + dx]
+                if a == 255 or b == 255:
+                    continue
+                if a != b:
+                    out[2, i, y, x] = 1
+                elif a == 0:
+                    out[0, i, y, x] = 1
+                else:
+                    out[1, i, y, x] = 1
+    return out
+
+
+def test_affinity_labels_on_a_hand_built_map():
+    # background | class 1 | void band | class 2
+    label = np.zeros((8, 14), np.uint8)
+    label[:, 4:7] = 1
+    label[:, 7] = 255
+    label[:, 8:] = 2
+    radius, m = 3, 2
+    index = path_index(radius)
+    bg, fg, neg = (t.numpy() for t in affinity_labels(torch.from_numpy(label), index))
+    assert bg.shape == (len(index.directions), 8 - m, 14 - 2 * m)
+    np.testing.assert_array_equal(np.stack([bg, fg, neg]), _pair_loop(label, radius))
+    right = index.directions.index((0, 1))
+    right2 = index.directions.index((0, 2))
+    col = lambda x: x - m  # window column of image column x
+    assert bg[right, 0, col(2)] == 1                     # 0-0
+    assert fg[right, 0, col(4)] == 1                     # 1-1
+    assert neg[right, 0, col(3)] == 1                    # 0-1
+    assert bg[right, 0, col(6)] + fg[right, 0, col(6)] + neg[right, 0, col(6)] == 0   # 1-void
+    assert bg[:, :, col(7)].sum() + fg[:, :, col(7)].sum() + neg[:, :, col(7)].sum() == 0  # void source
+    assert neg[right2, 0, col(6)] == 1                   # 1-2 across the band: both ends known
+    assert fg[right2, 0, col(9)] == 1                    # 2-2
+    assert np.all(bg + fg + neg <= 1)
+
+
+def test_affinity_labels_batched_like_single():
+    labels = torch.randint(0, 3, (2, 12, 16), dtype=torch.uint8)
+    labels[0, 3:5] = 255
+    index = path_index(4)
+    batched = affinity_labels(labels, index)
+    for b in range(2):
+        for t, single in zip(batched, affinity_labels(labels[b], index)):
+            assert torch.equal(t[b], single)
+
+
+# ----------------------------------------------------------------------------- affinity and loss
+def test_edge_to_affinity_is_one_minus_max_along_the_path():
+    torch.manual_seed(0)
+    radius, m = 4, 3
+    boundary = torch.rand(2, 1, 10, 13, dtype=torch.float64)
+    index = path_index(radius)
+    aff = edge_to_affinity(boundary, index)
+    b = boundary[:, 0].numpy()
+    assert aff.shape == (2, len(index.directions), 10 - m, 13 - 2 * m)
+    for n in range(2):
+        for i, (d, path) in enumerate(zip(index.directions, index.paths)):
+            for y in range(10 - m):
+                for x in range(13 - 2 * m):
+                    expected = 1 - max(b[n, y + py, x + m + px] for py, px in path)
+                    assert aff[n, i, y, x].item() == pytest.approx(expected, abs=0), (n, d, y, x)
+    # the inference-time affinities of the random walk agree inside the window
+    full = boundary_to_affinity(boundary[0, 0], radius)
+    torch.testing.assert_close(aff[0], full[:, : 10 - m, m : 13 - m], rtol=0, atol=0)
+
+
+def test_boundary_loss_by_hand():
+    aff = torch.tensor([0.9, 0.2, 0.6, 0.3])
+    bg = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    fg = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    neg = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    out = boundary_loss(aff, bg, fg, neg)
+    e = 1e-5
+    want_bg = -(math.log(0.9 + e) + math.log(0.2 + e)) / (2 + e)
+    want_fg = -math.log(0.6 + e) / (1 + e)
+    want_neg = -math.log(1 + e - 0.3) / (1 + e)
+    assert out["bg"].item() == pytest.approx(want_bg, rel=1e-6)
+    assert out["fg"].item() == pytest.approx(want_fg, rel=1e-6)
+    assert out["neg"].item() == pytest.approx(want_neg, rel=1e-6)
+    assert out["loss"].item() == pytest.approx((want_bg / 2 + want_fg / 2 + want_neg) / 2, rel=1e-6)
+    # global denominators (DDP) replace the local label sums
+    halves = boundary_loss(aff, bg, fg, neg, counts=(4.0, 2.0, 2.0))
+    assert halves["bg"].item() == pytest.approx(want_bg * (2 + e) / (4 + e), rel=1e-6)
+
+
+def _toy_batch():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64)
+    label = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    label[:, :, 8:] = 1
+    label[1, 4:8] = 255
+    x[:, :, :, 32:] += 2.0  # the classes look different
+    return x, label
+
+
+def test_loss_decreases_and_backbone_stays_frozen():
+    net = _tiny_net()
+    index = path_index(5)
+    x, label = _toy_batch()
+    frozen = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("taps.", "head.")) for n in trainable)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.05)
+    net.train()
+    assert net.training and not net.backbone.training
+    assert not any(m.training for m in net.backbone.modules())
+    labels = affinity_labels(label, index)
+    losses = []
+    for _ in range(6):
+        loss = boundary_loss(edge_to_affinity(net.boundary(x), index), *labels)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert all(p.grad is None for p in net.backbone.parameters())
+    for k, v in net.backbone.state_dict().items():  # weights and BatchNorm statistics
+        assert torch.equal(v, frozen[k]), k
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (64, 64), (18, 31)])
+def test_boundary_size_for_any_input(hw):
+    net = _tiny_net().eval()
+    out = net(torch.randn(1, 3, *hw))
+    assert out.shape == (1, 1, math.ceil(hw[0] / 4), math.ceil(hw[1] / 4))
+
+
+def test_infer_boundary_averages_the_mirror():
+    net = _tiny_net()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    b = infer_boundary(net, image)
+    assert b.shape == (10, 13) and float(b.min()) >= 0 and float(b.max()) <= 1
+    from wsss.cls.transforms import normalize
+
+    x = torch.from_numpy(normalize(image))[None]
+    with torch.no_grad():
+        want = torch.sigmoid((net(x)[0, 0] + net(x.flip(-1))[0, 0].flip(-1)) / 2)
+    torch.testing.assert_close(b, want)
+    assert infer_boundary(net, image, scales=(1.0, 0.5), flip=False).shape == (10, 13)
+
+
+def test_backbone_by_name_without_weights_warns():
+    with pytest.warns(UserWarning, match="from scratch"):
+        BoundaryNet("resnet_tiny")
+
+
+# ----------------------------------------------------------------------------- train-irn
+def test_train_transform_shapes_and_fill():
+    rng = np.random.default_rng(0)
+    image = np.full((20, 30, 3), 128, np.uint8)
+    label = np.ones((20, 30), np.uint8)
+    x, y = irn_train_transform(image, label, rng, scale_range=(0.5, 0.6), crop=64)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    assert y.shape == (16, 16) and y.dtype == np.uint8
+    assert set(np.unique(y)) == {1, 255}  # the padding is unknown
+
+
+@pytest.fixture(scope="module")
+def ir_labels(toy_root, tmp_path_factory):
+    """Stand-in IR labels: the toy ground truth with a void band at each mask's edges."""
+    ds = build_dataset(DataConfig(kind="voc", root=str(toy_root), split="train"))
+    folder = tmp_path_factory.mktemp("ir_label")
+    for image_id in ds.ids:
+        mask = ds.load(image_id).mask.copy()
+        edge = np.zeros(mask.shape, bool)
+        edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+        edge[1:] |= mask[1:] != mask[:-1]
+        mask[edge] = 255
+        write_mask(folder / f"{image_id}.png", mask)
+    return folder
+
+
+def _cfg(toy_root, ir_labels, out, **kw):
+    base = dict(data=DataConfig(kind="voc", root=str(toy_root), split="train"), ir_labels=str(ir_labels),
+                backbone="resnet_tiny", epochs=2, batch_size=8, crop=64, radius=5, workers=0, device="cpu",
+                out=str(out), log_every=1, max_steps=7, save_every=3)
+    base.update(kw)
+    return TrainIrnConfig(**base)
+
+
+def _train(cfg, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train_irn(cfg, progress=False, **kw)
+
+
+def test_train_irn_resume_gives_the_same_weights(toy_root, ir_labels, tmp_path, monkeypatch):
+    out_a = _train(_cfg(toy_root, ir_labels, tmp_path / "a"))
+    lines = [json.loads(l) for l in (out_a / "metrics.jsonl").read_text().splitlines()]
+    assert len([l for l in lines if "loss" in l]) == 7
+    assert all(math.isfinite(l["loss"]) for l in lines if "loss" in l)
+    assert json.loads((out_a / "done.json").read_text())["steps"] == 7
+
+    cfg_b = _cfg(toy_root, ir_labels, tmp_path / "b")
+    real_step = torch.optim.SGD.step
+    calls = {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # killed after the step-3 checkpoint, mid-epoch
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        _train(cfg_b)
+    assert not (tmp_path / "b" / "done.json").exists()
+    assert torch.load(tmp_path / "b" / "resume.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    _train(cfg_b, resume=True)
+
+    wa = load_file(str(out_a / "boundary.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "boundary.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    init = _tiny_net(seed=0).state_dict()
+    assert not torch.equal(init["head.weight"], wa["head.weight"])  # training moved the branch
+    for k in init:
+        if k.startswith("backbone."):
+            assert torch.equal(init[k], wa[k]), k  # ... and never the backbone
+
+    net = load_boundary_net(out_a)
+    assert not net.training
+    torch.testing.assert_close(net.state_dict()["head.weight"], wa["head.weight"], rtol=0, atol=0)
+    image = np.zeros((30, 41, 3), np.uint8)
+    assert infer_boundary(net, image).shape == (8, 11)
+
+
+def test_train_irn_refuses_a_changed_config(toy_root, ir_labels, tmp_path):
+    _train(_cfg(toy_root, ir_labels, tmp_path / "r", max_steps=1, save_every=1, epochs=1))
+    (tmp_path / "r" / "done.json").unlink()
+    with pytest.raises(ConfigError, match="configuration changed \\(lr\\)"):
+        _train(_cfg(toy_root, ir_labels, tmp_path / "r", max_steps=1, save_every=1, epochs=1, lr=0.5), resume=True)
+
+
+def test_train_irn_checks_its_inputs(toy_root, ir_labels, tmp_path):
+    with pytest.raises(ConfigError, match="too small for pairs of radius 10"):
+        _train(_cfg(toy_root, ir_labels, tmp_path / "c", radius=10))
+    with pytest.raises(Exception, match="have no IR label"):
+        _train(_cfg(toy_root, tmp_path / "empty", tmp_path / "c"))

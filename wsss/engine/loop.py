@@ -1,0 +1,243 @@
+"""The training loop every trainable stage shares (train-cls, train-seg, IRNet).
+
+A stage builds its model, optimiser and augmented dataset, then hands them to
+:func:`train_loop`, which owns what must be identical everywhere:
+
+* data order: the global batches of epoch ``e`` are a permutation fixed by
+  ``(seed, e)``; item ``i`` draws its augmentation from ``(seed, e, i)`` (the
+  dataset reads ``self.epoch``), so a run resumed mid-epoch, or split over
+  ``torchrun`` processes, sees exactly the crops of an uninterrupted run;
+* the learning-rate schedule per optimiser group (``initial_lr`` and a
+  ``schedule`` name from :data:`wsss.engine.schedule.SCHEDULES`), set per step;
+* checkpoints: ``resume.pt`` (plain types, loads with ``weights_only=True``)
+  and the weights as safetensors, at epoch ends and every ``save_every`` steps;
+  ``--resume`` refuses a changed configuration and names what changed;
+* a NaN or infinite loss stops the run naming the step, leaving the last good
+  checkpoint in place;
+* progress bar, JSON-lines metrics, DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss.config import ConfigError, save_config, to_dict
+from wsss.engine import checkpoint as ckpt
+from wsss.engine import dist
+from wsss.engine.schedule import SCHEDULES
+from wsss.io import append_jsonl
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The global batches of one epoch: a permutation fixed by (seed, epoch),
+    last incomplete batch dropped (IRN drops it too)."""
+    perm = np.random.default_rng([seed, 1_000_003, epoch]).permutation(n)
+    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+class _ShardSampler(torch.utils.data.Sampler):
+    """Yields this rank's share of each global batch, starting at a given batch."""
+
+    def __init__(self, batches: list[np.ndarray], start: int, rank: int, world: int):
+        self.batches, self.start, self.rank, self.world = batches, start, rank, world
+
+    def __iter__(self):
+        for b in self.batches[self.start :]:
+            yield b[self.rank :: self.world].tolist()
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.start
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, power: float) -> None:
+    """Each group's lr = its ``initial_lr`` x its schedule at ``step`` of ``total``."""
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * SCHEDULES[g["schedule"]](step, total, power)
+
+
+def make_optimizer(kind: str, groups: list[dict], momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``groups``: dicts with ``params``, ``lr``, ``weight_decay``, ``schedule``, ``name``."""
+    groups = [dict(g, initial_lr=g["lr"]) for g in groups if g["params"]]
+    if kind == "adamw":
+        return torch.optim.AdamW(groups)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, momentum=momentum)
+    raise ConfigError(f"optimizer '{kind}' is not known: use adamw or sgd")
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs from a stage's config.
+
+    name: the stage's name in messages and the progress bar.
+    epochs / max_steps: the run's length (``max_steps`` caps it: tests, smoke runs).
+    batch_size: the global batch, split evenly over processes.
+    """
+
+    name: str
+    out: Path
+    seed: int
+    batch_size: int
+    epochs: int
+    max_steps: int | None = None
+    poly_power: float = 0.9
+    workers: int = 0
+    amp: bool = False
+    save_every: int = 0
+    log_every: int = 20
+    grad_clip: float | None = None
+    weights_name: str = ckpt.WEIGHTS_NAME
+
+
+# Settings that cannot change what is trained: a resumed run may use other values.
+RUNTIME_ONLY = ("workers",)
+
+
+def _settings(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_ONLY}
+
+
+def train_loop(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: Dataset,
+    config: Any,
+    settings: LoopSettings,
+    device: torch.device,
+    loss_fn: Callable[[nn.Module, tuple], dict[str, torch.Tensor]],
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Train ``model`` until the configured number of steps; returns the last
+    epoch's record (train loss and whatever ``evaluate`` returned), or ``None``
+    when ``out`` was already complete (``done.json`` present).
+
+    ``train_set`` has an ``epoch`` attribute the loop sets before each epoch.
+    ``loss_fn(ddp_model, batch)`` returns a dict whose ``loss`` is minimised;
+    its other scalar entries are logged. Logged values are averaged over
+    processes; a loss whose terms are already each process's share of a global
+    sum returns them multiplied by the process count. ``config`` (a dataclass) is written to
+    ``config.yaml`` on a fresh start and compared on ``--resume``.
+    """
+    s = settings
+    out = Path(s.out)
+    world, rank = dist.world_size(), dist.rank()
+    main_proc = dist.is_main()
+    progress = progress and main_proc
+    if s.batch_size % world:
+        raise ConfigError(f"batch_size {s.batch_size} is not divisible by the {world} processes")
+    n = len(train_set)
+    if n < s.batch_size:
+        raise ConfigError(f"{n} training images are fewer than one batch of {s.batch_size}")
+    steps_per_epoch = n // s.batch_size
+    total_steps = steps_per_epoch * s.epochs
+    if s.max_steps is not None:
+        total_steps = min(total_steps, s.max_steps)
+
+    step = 0
+    if resume and (out / "done.json").is_file():
+        if main_proc:
+            print(f"{out} is complete (done.json); nothing to resume")
+        return None
+    if resume and (out / ckpt.RESUME_NAME).is_file():
+        state = ckpt.load_resume(out / ckpt.RESUME_NAME)
+        now = _settings(config)
+        if state["config"] != now:
+            changed = sorted(k for k in set(now) | set(state["config"]) if now.get(k) != state["config"].get(k))
+            raise ConfigError(
+                f"cannot resume {out}: the configuration changed ({', '.join(changed)}). "
+                f"Use the same settings, or a new --out folder."
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        ckpt.set_rng_state(state["rng"])
+        if main_proc:
+            print(f"resuming {out} at step {step}/{total_steps}")
+    elif main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    use_amp = s.amp and device.type == "cuda"
+
+    def save(step_now: int) -> None:
+        if not main_proc:
+            return
+        ckpt.save_resume(out / ckpt.RESUME_NAME, {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "step": step_now,
+            "rng": ckpt.rng_state(),
+            "config": _settings(config),
+        })
+        ckpt.save_weights(model, out / s.weights_name)
+
+    last_record: dict[str, Any] = {}
+    bar = tqdm(total=total_steps, initial=step, desc=s.name, disable=not progress, unit="step")
+    t0 = time.time()
+    while step < total_steps:
+        epoch, start = divmod(step, steps_per_epoch)
+        train_set.epoch = epoch
+        batches = epoch_batches(n, s.batch_size, s.seed, epoch)
+        loader = DataLoader(
+            train_set, batch_sampler=_ShardSampler(batches, start, rank, world), num_workers=s.workers,
+            generator=torch.Generator().manual_seed(s.seed), persistent_workers=False,
+        )
+        ddp_model.train()
+        running, count = 0.0, 0
+        for batch in loader:
+            set_lr(optimizer, step, total_steps, s.poly_power)
+            batch = tuple(b.to(device, non_blocking=True) if torch.is_tensor(b) else b for b in batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                terms = loss_fn(ddp_model, batch)
+            loss = terms["loss"].float()
+            if not torch.isfinite(loss):
+                bar.close()
+                raise FloatingPointError(
+                    f"{s.name}: loss is {loss.item()} at step {step} (epoch {epoch}); the last good checkpoint is "
+                    f"{out / ckpt.RESUME_NAME}. Lower the learning rate or check the inputs, then rerun with --resume."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            optimizer.step()
+            step += 1
+            logged = {k: float(dist.all_reduce_sum(v.detach().float()).item()) / world for k, v in terms.items()}
+            running += logged["loss"]
+            count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{logged['loss']:.4f}", epoch=epoch)
+            if main_proc and s.log_every and step % s.log_every == 0:
+                append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, **logged,
+                                                     "lr": optimizer.param_groups[0]["lr"]})
+            if s.save_every and step % s.save_every == 0:
+                save(step)
+            if step >= total_steps:
+                break
+        if step % steps_per_epoch == 0 or step >= total_steps:
+            record = {"epoch": epoch, "step": step, "train_loss": running / max(1, count),
+                      "time_s": round(time.time() - t0, 1)}
+            if evaluate is not None:
+                record.update({f"val_{k}": v for k, v in evaluate().items()})
+            save(step)
+            last_record = record
+            if main_proc:
+                append_jsonl(out / "metrics.jsonl", record)
+                tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    bar.close()
+    return last_record

@@ -1,0 +1,221 @@
+"""``wsss train-irn``: train IRNet's class-boundary branch on IR labels.
+
+One function, :func:`train_irn`, runs the stage from a :class:`TrainIrnConfig`; the CLI only
+builds the config. Inputs: the images of ``data`` and one IR label per image in ``ir_labels``
+(``wsss make-pseudo --refine ir-label``). Outputs in ``out``:
+
+* ``config.yaml``: the resolved configuration (read back by :func:`load_boundary_net`);
+* ``boundary.safetensors``: the weights of the whole :class:`~wsss.pseudo.irnet.BoundaryNet`
+  (frozen backbone included), read by ``make-pseudo --refine irn``;
+* ``resume.pt``: everything needed to continue exactly (plain types only);
+* ``metrics.jsonl``: one line per log step (loss and its three terms, lr) and per epoch;
+* ``done.json``: written last; its presence means the stage is complete.
+
+IRN's recipe (``step/train_irn.py``, ``voc12/dataloader.py: VOC12AffinityDataset``): random
+rescale 0.5-1.5 (image cubic, label nearest), horizontal flip, ImageNet normalisation, random
+512 crop (image padded with 0 = the mean colour, label with 255), label reduced to stride 4 by
+nearest sampling; 3 epochs of batch 32, last incomplete batch dropped; SGD, lr 0.1 with poly
+decay (power 0.9) per step, weight decay 1e-4 on the branch only.
+
+Data order and augmentation depend only on (seed, epoch, index), as in ``train-cls``, so a
+resumed run or a run split over ``torchrun`` processes sees what an uninterrupted single-process
+run sees. Affinity labels are computed on the device from the stride-4 labels, not in the loader
+workers (IRN ships three 152 x 13,090 float maps per image through its loader).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from wsss.cls.transforms import normalize, random_crop
+from wsss.config import ConfigError, load_config
+from wsss.data import DataConfig, build_dataset
+from wsss.data.base import SegDataset
+from wsss.engine import checkpoint as ckpt
+from wsss.engine import dist
+from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
+from wsss.io import IGNORE_INDEX, WsssDataError, read_image, read_mask, write_json
+from wsss.models.resnet import CAM_OS16, build_resnet
+from wsss.pseudo.irnet import BoundaryNet, affinity_labels, boundary_loss, edge_to_affinity, path_index
+
+WEIGHTS_NAME = "boundary.safetensors"
+
+
+
+@dataclass
+class TrainIrnConfig:
+    """Settings of ``wsss train-irn``.
+
+    ir_labels: folder of IR label PNGs (``<id>.png``, 255 = unknown) for the images of ``data``.
+    backbone: ResNet name. weights: local ImageNet weights of the backbone (none = from scratch,
+    with a warning). batch_size: global batch, split evenly over processes. crop: training crop
+    side, pixels. scale_range: random rescale factors. radius: pairs are sampled within this
+    distance on the stride-4 map (IRN: 10, 152 directions).
+    momentum: IRN's ``PolyOptimizer`` passes its weight decay positionally into SGD's momentum
+    slot, so IRN trains with momentum 1e-4 (in effect none); the default reproduces that.
+    max_steps: stop after this many optimiser steps in total (tests, smoke runs).
+    save_every: also checkpoint every this many steps (0: at epoch ends only).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    ir_labels: str = "runs/ir_label"
+    backbone: str = "resnet50"
+    weights: str | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    crop: int = 512
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    radius: int = 10
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 1e-4
+    poly_power: float = 0.9
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    out: str = "runs/irn"
+    max_steps: int | None = None
+    save_every: int = 0
+    log_every: int = 20
+
+
+def irn_train_transform(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, scale_range: tuple[float, float], crop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """IRN's affinity-training augmentation of an image and its IR label.
+
+    ``image`` (H, W, 3) uint8, ``label`` (H, W) uint8. Random rescale (image cubic, label
+    nearest), horizontal flip (p = 0.5), normalise, random crop (pad: image 0, label 255), label
+    sampled every 4th pixel. Returns ``(3, crop, crop)`` float32 and ``(ceil(crop/4),
+    ceil(crop/4))`` uint8; IRN reduces the label with ``cv2.resize(fx=0.25, INTER_NEAREST)``,
+    which is the same for crops divisible by 4.
+    """
+    scale = float(rng.uniform(scale_range[0], scale_range[1]))
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+    # pixel-centre nearest, as IRN's skimage rescale(order=0); plain INTER_NEAREST shifts by half a pixel
+    label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT)
+    if rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    hwc = normalize(np.ascontiguousarray(image)).transpose(1, 2, 0)
+    hwc, label = random_crop([hwc, label], crop, rng, [0.0, IGNORE_INDEX])
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1)), np.ascontiguousarray(label[::4, ::4])
+
+
+class IrnTrainSet(Dataset):
+    """Augmented crops and stride-4 labels; item i of epoch e is fixed by (seed, e, i)."""
+
+    def __init__(self, ds: SegDataset, cfg: TrainIrnConfig):
+        self.ds, self.cfg, self.epoch = ds, cfg, 0
+        self.label_dir = Path(cfg.ir_labels)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int):
+        image_id = self.ds.ids[index]
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+        image = read_image(self.ds.image_path(image_id))
+        label = read_mask(self.label_dir / f"{image_id}.png")
+        if label.shape != image.shape[:2]:
+            raise WsssDataError(
+                f"IR label {self.label_dir / image_id}.png is {label.shape} but the image is {image.shape[:2]}: "
+                "remake the IR labels from CAMs of these images"
+            )
+        x, y = irn_train_transform(image, label, rng, scale_range=self.cfg.scale_range, crop=self.cfg.crop)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _check(cfg: TrainIrnConfig, ds: SegDataset) -> None:
+    side = -(-cfg.crop // 4)
+    if side <= 2 * (cfg.radius - 1):
+        raise ConfigError(
+            f"crop {cfg.crop} gives a {side}x{side} stride-4 map, too small for pairs of radius {cfg.radius}: "
+            f"use a crop above {8 * (cfg.radius - 1)} or a smaller radius"
+        )
+    label_dir = Path(cfg.ir_labels)
+    missing = [i for i in ds.ids if not (label_dir / f"{i}.png").is_file()]
+    if missing:
+        raise WsssDataError(
+            f"{len(missing)} of {len(ds)} images have no IR label in {label_dir} (first: {', '.join(missing[:3])}). "
+            "Make them with `wsss make-pseudo --refine ir-label` for the same images, or point ir_labels there."
+        )
+
+
+def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``."""
+    out = Path(cfg.out)
+    device = dist.init_distributed(cfg.device)
+    world = dist.world_size()
+
+    train_ds = build_dataset(cfg.data)
+    _check(cfg, train_ds)
+    index = path_index(cfg.radius)
+
+    torch.manual_seed(cfg.seed)
+    model = BoundaryNet(cfg.backbone, weights=cfg.weights).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer("sgd", [{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                                         "schedule": "poly", "name": "boundary"}], momentum=cfg.momentum)
+
+    def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+        x, label = batch
+        affinity = edge_to_affinity(torch.sigmoid(net(x).float()), index)
+        labels = affinity_labels(label, index)
+        counts = None
+        if world > 1:
+            # normalise by the pair counts of the global batch, as one process would
+            counts = dist.all_reduce_sum(torch.stack([t.sum() for t in labels]))
+        terms = boundary_loss(affinity, *labels, counts=counts)
+        # each process's terms are its share of the global ones; the loop averages over processes
+        return {"loss": terms["loss"] * world, "bg_pos": terms["bg"] * world, "fg_pos": terms["fg"] * world,
+                "neg": terms["neg"] * world}
+
+    settings = LoopSettings(
+        name="train-irn", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
+        max_steps=cfg.max_steps, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
+        save_every=cfg.save_every, log_every=cfg.log_every, weights_name=WEIGHTS_NAME,
+    )
+    last = train_loop(
+        model=model, optimizer=optimizer, train_set=IrnTrainSet(train_ds, cfg), config=cfg, settings=settings,
+        device=device, loss_fn=loss_fn, resume=resume, progress=progress,
+    )
+    if last is None:
+        return out
+    if dist.is_main():
+        write_json(out / "done.json", {"steps": last.get("step"), "weights": str(out / WEIGHTS_NAME)})
+        print(f"train-irn done: weights {out / WEIGHTS_NAME}. Next: wsss make-pseudo --refine irn "
+              f"(boundary net from {out})")
+    dist.barrier()
+    return out
+
+
+def load_boundary_net(irn_dir: str | Path, device: str | torch.device = "cpu") -> BoundaryNet:
+    """The trained :class:`BoundaryNet` of a ``train-irn`` folder, in eval mode on ``device``.
+
+    Reads ``config.yaml`` (backbone name) and ``boundary.safetensors`` (all weights, loaded
+    strictly). Warns when the folder has no ``done.json`` (training did not finish).
+    """
+    irn_dir = Path(irn_dir)
+    weights = irn_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: train the boundary net first (wsss train-irn --out {irn_dir})")
+    if not (irn_dir / "done.json").is_file():
+        warnings.warn(f"{irn_dir} has no done.json: its boundary net is from an unfinished training run", stacklevel=2)
+    cfg = load_config(TrainIrnConfig, irn_dir / "config.yaml")
+    backbone = build_resnet(cfg.backbone, **CAM_OS16, frozen_bn=True, frozen_stages=4)
+    net = BoundaryNet(backbone)
+    net.load_state_dict(ckpt.load_weights_file(weights))
+    return net.to(device).eval()
+
+
+__all__ = ["TrainIrnConfig", "IrnTrainSet", "WEIGHTS_NAME", "irn_train_transform", "load_boundary_net", "train_irn"]

@@ -1,0 +1,7 @@
+"""Fully supervised segmentation for ``wsss train-seg``: heads (:mod:`wsss.seg.heads`),
+the segmenter and its losses (:mod:`wsss.seg.model`), PSANet's attention
+scatter (:mod:`wsss.seg.psamask`)."""
+from wsss.seg.heads import HEADS, register_head
+from wsss.seg.model import Segmenter, build_segmenter, patch_labels
+
+__all__ = ["HEADS", "Segmenter", "build_segmenter", "patch_labels", "register_head"]

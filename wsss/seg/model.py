@@ -1,0 +1,225 @@
+"""Segmentation networks for ``wsss train-seg``: dilated ResNet + head + auxiliary FCN head, and their losses.
+
+``build_segmenter("pcaa", "resnet50_v1c", 21, pretrained="resnet50_v1c.pth")`` builds
+the PCAA network of PCAA Sec. 3.3; the other heads (``fcn``, ``deeplabv2``,
+``acf``, ``psa``) sit on the same output-stride-8 backbone with the same
+auxiliary head on ``layer3`` (PSPNet's deep supervision, used by all three papers).
+"""
+from __future__ import annotations
+
+import difflib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.cls.models import GroupSpec
+from wsss.io import IGNORE_INDEX
+from wsss.seg.heads import HEADS, FCNHead, pad_to_multiple
+
+
+class Segmenter(nn.Module):
+    """``backbone`` (output stride 8) -> ``head`` on ``layer4``, ``aux_head`` on ``layer3``.
+
+    ``forward(x)``, ``x`` (B, 3, H, W) of any size, returns
+
+    * ``out``: (B, K, H, W) logits, bilinearly upsampled (``align_corners=False``);
+    * ``aux``: (B, K, H, W) logits of the auxiliary head (also in eval mode);
+    * the head's extra outputs: its ``dense_outputs`` upsampled like ``out``
+      (ACF's ``coarse``), the others as they are (PCAA's ``patch_logits``).
+
+    Args:
+        backbone: returns a dict with ``layer3`` and ``layer4``; ``output_stride``
+            says how far ``layer4`` is reduced (PCAA's patch labels need it).
+        head: a head of :data:`wsss.seg.heads.HEADS`.
+        aux_head: a head on ``layer3``, or None for no auxiliary loss.
+        aux_weight: weight of the auxiliary cross entropy (0.4 in all three papers).
+        ignore_index: label of void pixels, skipped by every loss.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        aux_head: nn.Module | None = None,
+        aux_weight: float = 0.4,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.aux_weight = aux_weight
+        self.ignore_index = ignore_index
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        features = self.backbone(x)
+        outputs = dict(self.head(features["layer4"]))
+        size = x.shape[-2:]
+        result = {"out": _upsample(outputs.pop("logits"), size)}
+        if self.aux_head is not None:
+            result["aux"] = _upsample(self.aux_head(features["layer3"])["logits"], size)
+        for key in getattr(self.head, "dense_outputs", ()):
+            result[key] = _upsample(outputs.pop(key), size)
+        result.update(outputs)
+        return result
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of each loss term: the head's (``seg``, ``coarse``, ``focal``) and ``aux``."""
+        weights = dict(getattr(self.head, "loss_weights", {"seg": 1.0}))
+        if self.aux_head is not None:
+            weights["aux"] = self.aux_weight
+        return weights
+
+    def loss(self, outputs: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Total training loss of the head's paper.
+
+        ``outputs``: what :meth:`forward` returned; ``target``: (B, H, W) int labels
+        at the input size, ``ignore_index`` for void.
+
+        Terms (unweighted; ``loss`` is their sum weighted by :attr:`loss_weights`):
+        ``seg`` cross entropy of ``out``; ``aux`` of ``aux``; ``coarse`` of ACF's
+        coarse logits (ACFNet Eq. 4: fine 0.7, coarse 0.6, aux 0.4; plain, not
+        class-balanced, cross entropy); ``focal``: PCAA's focal loss (gamma 2) on
+        the sigmoid patch scores against :func:`patch_labels`, summed over the
+        stacked modules (PCAA Eq. 10: 1, 0.4, 1).
+        """
+        if target.shape[-2:] != outputs["out"].shape[-2:]:
+            raise ValueError(
+                f"target is {tuple(target.shape[-2:])} but the logits are {tuple(outputs['out'].shape[-2:])}: "
+                "give the labels of the input crop, at its size"
+            )
+        weights = self.loss_weights
+        terms = {"seg": cross_entropy(outputs["out"], target, self.ignore_index)}
+        if "aux" in weights:
+            terms["aux"] = cross_entropy(outputs["aux"], target, self.ignore_index)
+        if "coarse" in weights:
+            terms["coarse"] = cross_entropy(outputs["coarse"], target, self.ignore_index)
+        if "focal" in weights:
+            num_classes = outputs["out"].shape[1]
+            terms["focal"] = sum(
+                sigmoid_focal_loss(
+                    logits,
+                    patch_labels(target, num_classes, logits.shape[-1], stride=self.backbone.output_stride),
+                )
+                for logits in outputs["patch_logits"]
+            )
+        terms["loss"] = sum(weights[name] * value for name, value in terms.items())
+        return terms
+
+    def param_groups(self, lr: float, weight_decay: float, head_lr_mult: float = 1.0, **_) -> list[GroupSpec]:
+        """Backbone at ``lr``, heads at ``lr * head_lr_mult`` (1 in PCAA's recipe), both poly."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        heads = [p for m in (self.head, self.aux_head) if m is not None for p in m.parameters() if p.requires_grad]
+        return [
+            GroupSpec("backbone", backbone, lr, "poly", weight_decay),
+            GroupSpec("head", heads, lr * head_lr_mult, "poly", weight_decay),
+        ]
+
+
+def build_segmenter(
+    head: str,
+    backbone: str,
+    num_classes: int,
+    *,
+    pretrained: str | None = None,
+    aux_weight: float = 0.4,
+    **head_kwargs,
+) -> Segmenter:
+    """Build ``backbone`` dilated to output stride 8 (:data:`wsss.models.SEG_OS8`),
+    the head registered as ``head`` on ``layer4`` (``head_kwargs`` go to it, e.g.
+    ``channels=512``, ``pool_sizes=(4, 8)``, ``mask_size=63``) and the auxiliary
+    FCN head on ``layer3`` (one 3x3 conv to a quarter of ``layer3``'s channels:
+    1024 -> 256 for ResNet-50, then the classifier).
+
+    ``pretrained``: a local ImageNet checkpoint of the backbone, loaded strictly.
+    """
+    if head not in HEADS:
+        close = difflib.get_close_matches(head, HEADS, n=1)
+        suggestion = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown head {head!r}.{suggestion} Known heads: {', '.join(sorted(HEADS))}")
+    from wsss.models import SEG_OS8, build_backbone
+
+    net = build_backbone(backbone, **SEG_OS8, pretrained_path=pretrained)
+    channels = net.out_channels
+    return Segmenter(
+        backbone=net,
+        head=HEADS[head](in_channels=channels["layer4"], num_classes=num_classes, **head_kwargs),
+        aux_head=FCNHead(
+            in_channels=channels["layer3"],
+            num_classes=num_classes,
+            channels=channels["layer3"] // 4,
+            num_convs=1,
+            concat_input=False,
+        ),
+        aux_weight=aux_weight,
+    )
+
+
+def patch_labels(
+    target: torch.Tensor,
+    num_classes: int,
+    pool_size: int,
+    *,
+    stride: int = 1,
+    threshold: float = 0.0,
+) -> torch.Tensor:
+    """Patch labels of the partial CAM, PCAA Eq. 4 with the reference code's rule.
+
+    The one-hot label map is average-pooled to ``S x S`` patches; class ``c`` is
+    positive in a patch where its fraction of the patch's pixels is above
+    ``threshold`` (0: any pixel). Void pixels count toward the area and toward no
+    class, so they dilute every fraction, and an all-void patch is negative for
+    every class. With ``threshold=0`` this is Eq. 4's max pooling. Any label
+    outside ``0 .. K-1`` (255) is void.
+
+    ``target`` (B, H, W) -> (B, K, S, S) float 0/1. ``stride``: output stride of
+    the feature map the patch scores come from; the label map is padded at the
+    bottom/right by replicating its last row/column to ``S * stride * ceil(H /
+    (S * stride))``, which is where :class:`wsss.seg.heads.PCAA` puts its padded
+    feature pixels, so labels and scores cover the same pixels. Sizes that are
+    multiples of ``S * stride`` (a 512 crop, S = 4 or 8, stride 8) are not padded.
+    """
+    target = pad_to_multiple(target, pool_size * stride)
+    batch, height, width = target.shape
+    ph, pw = height // pool_size, width // pool_size
+    cls = torch.where((target >= 0) & (target < num_classes), target, num_classes).long()
+    rows = torch.arange(height, device=target.device) // ph
+    cols = torch.arange(width, device=target.device) // pw
+    patch = rows[:, None] * pool_size + cols[None, :]  # (H, W)
+    patches = pool_size * pool_size
+    batch_offset = torch.arange(batch, device=target.device)[:, None, None] * patches
+    # One count per (image, patch, class or void): no (B, K, H, W) one-hot needed.
+    ids = ((batch_offset + patch) * (num_classes + 1) + cls).flatten()
+    counts = torch.bincount(ids, minlength=batch * patches * (num_classes + 1))
+    fractions = counts.view(batch, pool_size, pool_size, num_classes + 1)[..., :num_classes] / (ph * pw)
+    return (fractions > threshold).permute(0, 3, 1, 2).float()
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss ``-(1 - p_t)^gamma log p_t`` on ``p = sigmoid(logits)``, mean over all
+    entries (no alpha balancing: PCAA gives none). ``logits``, ``labels`` same shape, labels 0/1."""
+    ce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    p_t = torch.exp(-ce)
+    return ((1 - p_t) ** gamma * ce).mean()
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean pixel cross entropy over non-void pixels; 0 (not NaN) for an all-void batch."""
+    total = F.cross_entropy(logits, target.long(), ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp(min=1)
+
+
+def _upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+__all__ = [
+    "Segmenter",
+    "build_segmenter",
+    "cross_entropy",
+    "patch_labels",
+    "sigmoid_focal_loss",
+]
