@@ -56,8 +56,8 @@ def test_ir_label_combination_rule(monkeypatch):
     np.testing.assert_array_equal(lab, [[0, 255, 5, 5, 7]])
 
 
-def _write_cams(toy_root, cam_dir):
-    ds = VOCDataset(toy_root, "val")
+def _write_cams(toy_root, cam_dir, split="val"):
+    ds = VOCDataset(toy_root, split)
     for i in ds.ids:
         s = ds.load(i)
         keys = np.flatnonzero(s.label)
@@ -82,6 +82,47 @@ def test_make_pseudo_modes_and_resume(toy_root, tmp_path, refine):
     make_pseudo(cfg, progress=False)
     assert (out / f"{ds.ids[0]}.png").is_file()
     cfg.threshold = 0.5
+    with pytest.raises(ConfigError, match="other settings"):
+        make_pseudo(cfg, progress=False)
+
+
+def test_refine_irn_trains_the_boundary_net_and_walks(toy_root, tmp_path):
+    import torch
+
+    from wsss.pseudo.irnet import infer_boundary
+    from wsss.pseudo.random_walk import irn_postprocess, propagate
+    from wsss.pseudo.train_irn import TrainIrnConfig, load_boundary_net
+
+    ds = _write_cams(toy_root, tmp_path / "cams", split="train")
+    out = tmp_path / "irn"
+    irn = TrainIrnConfig(backbone="resnet_tiny", batch_size=8, crop=64, radius=5, max_steps=3, workers=0)
+    cfg = MakePseudoConfig(data=DataConfig(root=str(toy_root), split="train"), cam_dir=str(tmp_path / "cams"),
+                           refine="irn", irn=irn, radius=5, workers=1, device="cpu", save_scores=True, out=str(out))
+    with pytest.warns(UserWarning, match="scratch"):
+        make_pseudo(cfg, progress=False)
+    # the three steps' outputs: IR labels, a trained boundary net, then masks, boundary maps and scores
+    assert len(list((out / "ir_label").glob("*.png"))) == len(ds.ids)
+    assert (out / "irn" / "done.json").is_file()
+    for sub, ext in (("", "png"), ("boundary", "png"), ("scores", "npz")):
+        assert len(list((out / sub).glob(f"*.{ext}"))) == len(ds.ids), sub
+    # each mask is what the walk and IRN's post-processing give for that image, and holds only its classes
+    net = load_boundary_net(out / "irn")
+    for image_id in ds.ids[:3]:
+        sample = ds.load(image_id)
+        cams = np.load(tmp_path / "cams" / f"{image_id}.npz")
+        with torch.no_grad():
+            rw = propagate(torch.from_numpy(cams["cam"]), infer_boundary(net, sample.image), radius=5)
+        expected = irn_postprocess(rw, cams["keys"], sample.image.shape[:2], 0.25)
+        mask = read_mask(out / f"{image_id}.png")
+        np.testing.assert_array_equal(mask, expected)
+        assert set(np.unique(mask)) <= {0, *(cams["keys"] + 1).tolist()}
+        scores = np.load(out / "scores" / f"{image_id}.npz")
+        assert scores["scores"].shape == (len(cams["keys"]), 64, 64) and float(scores["scores"].max()) == 1.0
+    # a rerun redoes only what is missing; a changed walk setting is refused
+    (out / f"{ds.ids[0]}.png").unlink()
+    make_pseudo(cfg, progress=False)
+    assert (out / f"{ds.ids[0]}.png").is_file()
+    cfg.beta = 5.0
     with pytest.raises(ConfigError, match="other settings"):
         make_pseudo(cfg, progress=False)
 

@@ -227,3 +227,100 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("train-irn")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its train_irn section.")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-root", default=None, help="Dataset folder.")
+@click.option("--split", default=None, help="Training split [default: train].")
+@click.option("--ir-labels", default=None, help="IR-label folder (wsss make-pseudo --refine ir-label) [default: runs/ir_label].")
+@click.option("--backbone", default=None, help="Frozen ResNet: resnet50|resnet101|resnet_tiny [default: resnet50].")
+@click.option("--weights", default=None, help="Local ImageNet weights of the backbone [default: none, random frozen features, with a warning].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 3].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 32].")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
+@click.option("--lr", type=float, default=None, help="Learning rate, poly decay [default: 0.1].")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per process [default: 2].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
+@click.option("--seed", type=int, default=None, help="Seed of data order and augmentation [default: 0].")
+@click.option("--out", default=None, help="Output folder [default: runs/irn].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone, weights, epochs, batch_size, crop, lr,
+                  max_steps, workers, device, seed, out, resume) -> None:
+    """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
+    from wsss.pseudo.train_irn import TrainIrnConfig, train_irn
+
+    cfg = load_config(TrainIrnConfig, config_path, {
+        "data.kind": data_kind, "data.root": data_root, "data.split": split, "ir_labels": ir_labels,
+        "backbone": backbone, "weights": weights, "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
+        "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
+    }, section="train_irn")
+    train_irn(cfg, resume=resume, progress=sys.stderr.isatty())
+
+
+@main.command("train-seg")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override its train_seg section.")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-root", default=None, help="Dataset folder.")
+@click.option("--split", default=None, help="Training split [default: train].")
+@click.option("--masks", default=None, help="Training masks: the make-pseudo folder [default: the dataset's ground truth].")
+@click.option("--val-split", default=None, help="Split scored against ground truth during training [default: val].")
+@click.option("--head", type=click.Choice(["pcaa", "acf", "psa", "fcn", "deeplabv2"]), default=None, help="Segmentation head [default: pcaa].")
+@click.option("--backbone", default=None, help="resnet50_v1c|resnet101_v1c|resnet50|resnet101|resnet_tiny, dilated to stride 8 [default: resnet101_v1c].")
+@click.option("--pretrained", default=None, help="Local ImageNet weights of the backbone [default: none, from scratch].")
+@click.option("--iterations", type=click.IntRange(1), default=None, help="Optimiser steps [default: 20000].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
+@click.option("--lr", type=float, default=None, help="Learning rate, poly decay per iteration [default: 0.01].")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per process [default: 2].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
+@click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
+@click.option("--out", default=None, help="Output folder [default: runs/seg].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train_seg_cmd(config_path, data_kind, data_root, split, masks, val_split, head, backbone, pretrained, iterations,
+                  batch_size, crop, lr, workers, device, seed, out, resume) -> None:
+    """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
+
+    Multi-GPU: torchrun --nproc_per_node N -m wsss train-seg ... (SyncBatchNorm, same results as one process).
+    """
+    from wsss.seg.train import TrainSegConfig, train_seg
+
+    cfg = load_config(TrainSegConfig, config_path, {
+        "data.kind": data_kind, "data.root": data_root, "data.split": split, "data.masks": masks,
+        "val_split": val_split, "head": head, "backbone": backbone, "pretrained": pretrained,
+        "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "workers": workers,
+        "device": device, "seed": seed, "out": out,
+    }, section="train_seg")
+    train_seg(cfg, resume=resume, progress=sys.stderr.isatty())
+
+
+@main.command("predict")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its predict section.")
+@click.option("--seg-dir", default=None, help="train-seg output folder (config.yaml + model.safetensors).")
+@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-root", default=None, help="Dataset folder.")
+@click.option("--split", default=None, help="Images to segment [default: train].")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), default=None, help="Whole image or sliding window [default: whole].")
+@click.option("--scales", default=None, help="Comma-separated scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 [default: 1.0].")
+@click.option("--flip/--no-flip", default=None, help="Also segment the mirrored image [default: no flip].")
+@click.option("--crf/--no-crf", default=None, help="Dense-CRF post-processing [default: off].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to run [default: auto].")
+@click.option("--out", default=None, help="Folder for the palette PNG masks [default: runs/pred].")
+@click.option("--overwrite", is_flag=True, help="Redo images already in --out.")
+def predict_cmd(config_path, seg_dir, data_kind, data_root, split, mode, scales, flip, crf, device, out, overwrite) -> None:
+    """Segment images with a train-seg model; palette PNGs that wsss eval scores."""
+    from wsss.seg.predict import PredictConfig, predict
+
+    parsed = None
+    if scales is not None:
+        try:
+            parsed = [float(s) for s in scales.split(",") if s.strip()]
+        except ValueError:
+            raise click.BadParameter(f"'{scales}' is not a comma-separated list of numbers", param_hint="--scales")
+    cfg = load_config(PredictConfig, config_path, {
+        "seg_dir": seg_dir, "data.kind": data_kind, "data.root": data_root, "data.split": split, "mode": mode,
+        "scales": parsed, "flip": flip, "crf": crf, "device": device, "out": out, "overwrite": overwrite or None,
+    }, section="predict")
+    predict(cfg, progress=sys.stderr.isatty())

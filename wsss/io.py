@@ -151,6 +151,14 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     return write_bytes(path, encode_mask_png(mask))
 
 
+def write_gray(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an ``(H, W)`` uint8 map (boundary maps, scores) as an 8-bit grayscale PNG."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim != 2:
+        raise ValueError(f"a grayscale map must be (H, W), got shape {image.shape}")
+    return atomic_write(path, lambda tmp: Image.fromarray(image, mode="L").save(tmp, format="PNG"))
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> Path:
     """Write an ``(H, W, 3)`` uint8 RGB image; the format follows the suffix (JPEG or PNG)."""
     image = np.asarray(image, dtype=np.uint8)

@@ -161,7 +161,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
     last = train_loop(
         model=model, optimizer=optimizer, train_set=ClsTrainSet(train_ds, cfg), config=cfg, settings=settings,
         device=device, loss_fn=loss_fn, resume=resume, progress=progress,
-        evaluate=(lambda: evaluate_cls(model, val_ds, device, 0, progress)) if val_ds is not None else None,
+        evaluate=(lambda epoch, final: evaluate_cls(model, val_ds, device, 0, progress)) if val_ds is not None else None,
     )
     if last is not None and dist.is_main():
         final = {"steps": last.get("step"), "weights": str(out / ckpt.WEIGHTS_NAME)}

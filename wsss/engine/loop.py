@@ -114,7 +114,7 @@ def train_loop(
     settings: LoopSettings,
     device: torch.device,
     loss_fn: Callable[[nn.Module, tuple], dict[str, torch.Tensor]],
-    evaluate: Callable[[], dict[str, float]] | None = None,
+    evaluate: Callable[[int, bool], dict[str, float]] | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any] | None:
@@ -124,7 +124,8 @@ def train_loop(
 
     ``train_set`` has an ``epoch`` attribute the loop sets before each epoch.
     ``loss_fn(ddp_model, batch)`` returns a dict whose ``loss`` is minimised;
-    its other scalar entries are logged. Logged values are averaged over
+    its other scalar entries are logged. ``evaluate(epoch, final)`` runs at each
+    epoch end (``final`` on the last) and returns val figures, or {} to skip. Logged values are averaged over
     processes; a loss whose terms are already each process's share of a global
     sum returns them multiplied by the process count. ``config`` (a dataclass) is written to
     ``config.yaml`` on a fresh start and compared on ``--resume``.
@@ -233,7 +234,7 @@ def train_loop(
             record = {"epoch": epoch, "step": step, "train_loss": running / max(1, count),
                       "time_s": round(time.time() - t0, 1)}
             if evaluate is not None:
-                record.update({f"val_{k}": v for k, v in evaluate().items()})
+                record.update({f"val_{k}": v for k, v in evaluate(epoch, step >= total_steps).items()})
             save(step)
             last_record = record
             if main_proc:

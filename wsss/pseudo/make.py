@@ -5,7 +5,16 @@ Modes (``refine``):
 * ``none``: background plane at ``threshold``, argmax (ties to background);
 * ``crf``: the same seed refined by a dense CRF (IRN's settings);
 * ``ir-label``: IRNet's training labels (two CRF passes at ``conf_fg`` and
-  ``conf_bg``; 255 where neither is confident), the first step of IRN.
+  ``conf_bg``; 255 where neither is confident), the first step of IRN;
+* ``irn`` (AD-CAM's path, Sec. 4.4): the whole of IRN in one call: IR labels
+  into ``out/ir_label``, IRNet's boundary branch trained on them into
+  ``out/irn`` (or taken from ``irn_dir``), then per image the random walk
+  (Eq. 9) of the stride-4 CAMs on the predicted boundaries and IRN's
+  post-processing with ``threshold`` as the background score (0.25, IRN's
+  ``sem_seg_bg_thres``). Boundary maps go to ``out/boundary`` (8-bit PNGs,
+  255 = certain boundary); with ``save_scores`` the normalised walk scores go
+  to ``out/scores/<id>.npz`` (``keys``, ``scores`` (K, H, W) float16) so the
+  background threshold can be re-tuned without walking again.
 
 Masks are palette PNGs (``<id>.png``) written atomically; images already done
 are skipped, so an interrupted run continues. CPU-bound work runs in
@@ -14,7 +23,7 @@ are skipped, so an interrupted run continues. CPU-bound work runs in
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -23,17 +32,22 @@ from tqdm import tqdm
 from wsss.cam.extract import load_cam
 from wsss.config import MANIFEST, ConfigError, check_output_settings, save_config, to_dict
 from wsss.data import DataConfig, build_dataset
-from wsss.io import read_image, write_json, write_mask
+from wsss.io import WsssDataError, read_image, write_json, write_mask
 from wsss.metrics import cam_to_mask
+from wsss.pseudo.train_irn import TrainIrnConfig
 
-REFINE_MODES = ("none", "crf", "ir-label")
+REFINE_MODES = ("none", "crf", "ir-label", "irn")
 
 
 @dataclass
 class MakePseudoConfig:
-    """cam_dir: folder of CAM files. refine: none | crf | ir-label.
-    threshold: background threshold of the seed (none, crf).
-    conf_fg / conf_bg: IRN's confident foreground / background thresholds (ir-label).
+    """cam_dir: folder of CAM files. refine: none | crf | ir-label | irn.
+    threshold: background threshold of the seed (none, crf) or of the walk's scores (irn).
+    conf_fg / conf_bg: IRN's confident foreground / background thresholds (ir-label, irn).
+    irn: boundary-net training settings (irn; its data, ir_labels and out are set here).
+    irn_dir: an already trained boundary net (train-irn folder) instead of training one.
+    beta / exp_times / radius: the random walk (Eq. 9): affinity power, 2^exp_times steps, stencil radius.
+    save_scores: also write the walk's score maps (irn). device: where the boundary net and walk run.
     workers: processes. out: folder of palette PNG masks. overwrite: redo existing masks."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -42,6 +56,13 @@ class MakePseudoConfig:
     threshold: float = 0.25
     conf_fg: float = 0.30
     conf_bg: float = 0.05
+    irn: TrainIrnConfig = field(default_factory=TrainIrnConfig)
+    irn_dir: str | None = None
+    beta: float = 10.0
+    exp_times: int = 8
+    radius: int = 5
+    save_scores: bool = False
+    device: str = "auto"
     workers: int = 2
     out: str = "runs/pseudo"
     overwrite: bool = False
@@ -66,16 +87,8 @@ def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
     return image_id
 
 
-def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
-    if cfg.refine not in REFINE_MODES:
-        raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
-    out = Path(cfg.out)
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite")}
-    check_output_settings(out, settings, "masks", cfg.overwrite)
-    ds = build_dataset(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MANIFEST, settings)
-    save_config(cfg, out / "config.yaml")
+def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
+    """Run :func:`_one` on every image not yet in ``out`` (in ``workers`` processes)."""
     todo = ds.ids if cfg.overwrite else [i for i in ds.ids if not (out / f"{i}.png").is_file()]
     if len(todo) < len(ds.ids):
         print(f"{len(ds.ids) - len(todo)} of {len(ds.ids)} masks already in {out}; continuing")
@@ -90,5 +103,86 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
             _one(image_id, path, cfg)
             bar.update(1)
     bar.close()
+
+
+def _settings(cfg: MakePseudoConfig) -> dict:
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device")}
+    if cfg.refine != "irn":
+        for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores"):
+            settings.pop(k)
+    else:
+        settings["irn"] = {k: v for k, v in settings["irn"].items() if k != "workers"}
+    return settings
+
+
+def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
+    """Make the pseudo masks of every image of ``cfg.data`` into ``cfg.out``; returns ``out``."""
+    if cfg.refine not in REFINE_MODES:
+        raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
+    out = Path(cfg.out)
+    settings = _settings(cfg)
+    check_output_settings(out, settings, "masks", cfg.overwrite)
+    ds = build_dataset(cfg.data)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MANIFEST, settings)
+    save_config(cfg, out / "config.yaml")
+    if cfg.refine == "irn":
+        _irn(cfg, ds, out, progress)
+    else:
+        _map_images(cfg, ds, out, progress)
     write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
+    print(f"make-pseudo done: {len(ds.ids)} masks in {out}. Next: wsss eval --pred {out} --gt <ground truth>, "
+          f"or wsss train-seg --masks {out}")
     return out
+
+
+def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
+    """IRN's three steps; each one skips what an earlier, interrupted run finished."""
+    import numpy as np
+    import torch
+
+    from wsss.engine import dist
+    from wsss.io import atomic_write, write_gray
+    from wsss.pseudo.irnet import infer_boundary
+    from wsss.pseudo.random_walk import irn_postprocess, propagate
+    from wsss.pseudo.train_irn import load_boundary_net, train_irn
+
+    ir_dir = out / "ir_label"
+    irn_dir = Path(cfg.irn_dir) if cfg.irn_dir else out / "irn"
+    if cfg.irn_dir is None:
+        label_cfg = replace(cfg, refine="ir-label", out=str(ir_dir))
+        ir_dir.mkdir(parents=True, exist_ok=True)
+        _map_images(label_cfg, ds, ir_dir, progress)
+        irn_cfg = replace(cfg.irn, data=cfg.data, ir_labels=str(ir_dir), out=str(irn_dir), device=cfg.device)
+        train_irn(irn_cfg, resume=True, progress=progress)
+    device = dist.init_distributed(cfg.device)
+    net = load_boundary_net(irn_dir, device)
+    todo = ds.ids if cfg.overwrite else [i for i in ds.ids if not (out / f"{i}.png").is_file()]
+    if len(todo) < len(ds.ids):
+        print(f"{len(ds.ids) - len(todo)} of {len(ds.ids)} masks already in {out}; continuing")
+    for image_id in tqdm(todo, desc="make-pseudo irn (walk)", disable=not progress, unit="img"):
+        cams = load_cam(cfg.cam_dir, image_id)
+        if "cam" not in cams:
+            raise WsssDataError(f"CAM file of '{image_id}' has no stride-4 'cam' map, which the random walk needs")
+        image = read_image(ds.image_path(image_id))
+        h4, w4 = -(-image.shape[0] // 4), -(-image.shape[1] // 4)
+        if cams["cam"].shape[1:] != (h4, w4):
+            raise WsssDataError(
+                f"CAM of '{image_id}' is {cams['cam'].shape[1:]} at stride 4 but the image needs {(h4, w4)}: "
+                "were the CAMs extracted from these images?"
+            )
+        with torch.no_grad():
+            boundary = infer_boundary(net, image)
+            rw = propagate(torch.from_numpy(cams["cam"]).to(device), boundary, beta=cfg.beta,
+                           exp_times=cfg.exp_times, radius=cfg.radius)
+        mask = irn_postprocess(rw, cams["keys"], image.shape[:2], cfg.threshold)
+        write_gray(out / "boundary" / f"{image_id}.png", (boundary.cpu().numpy() * 255 + 0.5).astype(np.uint8))
+        if cfg.save_scores:
+            up = torch.nn.functional.interpolate(rw[None].float(), scale_factor=4, mode="bilinear",
+                                                 align_corners=False)[0, :, : image.shape[0], : image.shape[1]]
+            up = up / up.max().clamp(min=1e-12)
+            scores = up.cpu().numpy().astype(np.float16)
+            atomic_write(out / "scores" / f"{image_id}.npz",
+                         lambda tmp: np.savez_compressed(tmp, keys=cams["keys"], scores=scores))
+        # the mask last: its presence marks the image done
+        write_mask(out / f"{image_id}.png", mask)

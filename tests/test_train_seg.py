@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wsss.config import ConfigError
+from wsss.data import DataConfig, build_dataset
+from wsss.io import IGNORE_INDEX, WsssDataError, read_mask, write_mask
+from wsss.seg.predict import PredictConfig, predict, segment, slide_probs
+from wsss.seg.train import TrainSegConfig, train_seg
+from wsss.seg.transforms import photometric_distortion, seg_train_transform
+
+
+def _cfg(toy_root, out, **kw):
+    base = dict(
+        data=DataConfig(kind="voc", root=str(toy_root), split="train"), val_split="val", head="fcn",
+        backbone="resnet_tiny", channels=16, iterations=4, batch_size=4, crop=48, base_size=64, workers=0,
+        device="cpu", out=str(out), log_every=1,
+    )
+    base.update(kw)
+    return TrainSegConfig(**base)
+
+
+def test_transform_shapes_padding_and_determinism():
+    rng_image = np.random.default_rng(0)
+    image = rng_image.integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    label = np.zeros((30, 50), np.uint8)
+    label[:, 25:] = 1
+    args = dict(base_size=30, scale_range=(0.5, 0.5), crop=40)
+    x, y = seg_train_transform(image, label, np.random.default_rng(3), **args)
+    assert x.shape == (3, 40, 40) and x.dtype == np.float32 and y.shape == (40, 40) and y.dtype == np.int64
+    # scale 0.5 of a 30x50 image fitted to short side 30 -> 15x25: the rest is padding
+    assert (y[15:] == IGNORE_INDEX).all() and (y[:, 25:] == IGNORE_INDEX).all()
+    assert (x[:, 15:] == 0).all() and set(np.unique(y[:15, :25])) <= {0, 1}
+    x2, y2 = seg_train_transform(image, label, np.random.default_rng(3), **args)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+
+
+def test_crop_avoids_single_class_crops_when_it_can():
+    # mmseg's cat_max_ratio: up to 10 tries for a crop where no class covers 75% of the labelled pixels
+    image = np.zeros((100, 100, 3), np.uint8)
+    label = np.zeros((100, 100), np.uint8)
+    label[50:90, 50:90] = 1
+
+    def balanced_rate(ratio):
+        ok = 0
+        for seed in range(40):
+            _, y = seg_train_transform(image, label, np.random.default_rng(seed), base_size=100, scale_range=(1, 1),
+                                       crop=40, photometric=False, cat_max_ratio=ratio)
+            ok += (y == 0).mean() < 0.75
+        return ok / 40
+
+    assert balanced_rate(0.75) >= 0.9 and balanced_rate(1.0) <= 0.6
+
+
+def test_photometric_distortion_keeps_shape_and_range():
+    image = np.random.default_rng(0).integers(0, 255, (8, 9, 3), dtype=np.uint8)
+    outs = [photometric_distortion(image, np.random.default_rng(s)) for s in range(10)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outs)
+    assert any(not np.array_equal(o, image) for o in outs)
+
+
+class _PointwiseNet(torch.nn.Module):
+    """A 1x1-conv 'segmenter': sliding-window inference must equal whole-image inference exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_model():
+    torch.manual_seed(0)
+    net = _PointwiseNet().eval()
+    x = torch.randn(1, 3, 37, 53)
+    whole = torch.softmax(net(x)["out"], 1)
+    for crop, stride in [(16, 11), (20, 20), (64, 40)]:
+        torch.testing.assert_close(slide_probs(net, x, crop, stride), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_flip_and_scales_average_probabilities():
+    torch.manual_seed(0)
+    net = _PointwiseNet().eval()
+    image = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    one = segment(net, image, base_size=20)
+    flipped = segment(net, image, base_size=20, flip=True)
+    # a pointwise model is flip-equivariant: flip averaging changes nothing
+    torch.testing.assert_close(one, flipped, rtol=1e-6, atol=1e-6)
+    assert one.shape == (4, 20, 30)
+    torch.testing.assert_close(one.sum(0), torch.ones(20, 30), rtol=1e-5, atol=1e-5)
+    multi = segment(net, image, base_size=20, scales=(0.5, 1.0))
+    half = segment(net, image, base_size=20, scales=(0.5,))
+    torch.testing.assert_close(multi, (one + half) / 2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["fcn", "pcaa"])
+def test_train_seg_then_predict_and_eval(toy_root, tmp_path, head):
+    out = train_seg(_cfg(toy_root, tmp_path / head, head=head, pool_sizes=(2,)), progress=False)
+    done = json.loads((out / "done.json").read_text())
+    assert done["steps"] == 4 and 0 <= done["val_mIoU"] <= 100
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    step_lines = [l for l in lines if "loss" in l]
+    assert len(step_lines) == 4 and all(np.isfinite(l["loss"]) for l in step_lines)
+    if head == "pcaa":
+        assert all("focal" in l for l in step_lines)
+    pred = predict(PredictConfig(seg_dir=str(out), data=DataConfig(kind="voc", root=str(toy_root), split="val"),
+                                 out=str(tmp_path / "pred"), device="cpu"), progress=False)
+    val = build_dataset(DataConfig(kind="voc", root=str(toy_root), split="val"))
+    for image_id in val.ids:
+        mask = read_mask(pred / f"{image_id}.png")
+        assert mask.shape == (64, 64) and mask.max() < val.num_classes
+
+
+def test_train_seg_on_pseudo_masks_folder(toy_root, tmp_path):
+    ds = build_dataset(DataConfig(kind="voc", root=str(toy_root), split="train"))
+    masks = tmp_path / "pseudo"
+    for image_id in ds.ids:
+        write_mask(masks / f"{image_id}.png", np.zeros((64, 64), np.uint8))
+    out = train_seg(_cfg(toy_root, tmp_path / "run", data=DataConfig(kind="voc", root=str(toy_root), split="train",
+                                                                     masks=str(masks)), val_split=None), progress=False)
+    assert (out / "done.json").is_file()
+    (masks / f"{ds.ids[0]}.png").unlink()
+    with pytest.raises(WsssDataError, match="have no mask"):
+        train_seg(_cfg(toy_root, tmp_path / "run2", data=DataConfig(kind="voc", root=str(toy_root), split="train",
+                                                                    masks=str(masks)), val_split=None), progress=False)
+
+
+def test_train_seg_resume_gives_the_same_weights(toy_root, tmp_path, monkeypatch):
+    kw = dict(iterations=5, save_every=2, val_split=None, head="acf")
+    train_seg(_cfg(toy_root, tmp_path / "a", **kw), progress=False)
+    real_step = torch.optim.SGD.step
+    calls = {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # killed after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg(_cfg(toy_root, tmp_path / "b", **kw), progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    train_seg(_cfg(toy_root, tmp_path / "b", **kw), resume=True, progress=False)
+    wa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ConfigError, match="configuration changed \\(lr\\)"):
+        (tmp_path / "b" / "done.json").unlink()
+        train_seg(_cfg(toy_root, tmp_path / "b", lr=0.5, **kw), resume=True, progress=False)

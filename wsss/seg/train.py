@@ -1,0 +1,199 @@
+"""``wsss train-seg``: train a segmentation network on masks (pseudo masks or ground truth).
+
+One function, :func:`train_seg`, runs the stage from a :class:`TrainSegConfig`;
+the CLI only builds the config. Training masks come from ``data.masks`` (the
+``make-pseudo`` folder) or, when unset, the dataset's own ground truth; the val
+split is always scored against the dataset's ground truth. Outputs in ``out``:
+
+* ``config.yaml``: the resolved configuration (read back by ``wsss predict``);
+* ``class_names.txt``: the classes, one per line, background first;
+* ``model.safetensors``: the weights;
+* ``resume.pt``: everything needed to continue exactly (plain types only);
+* ``metrics.jsonl``: loss terms per log step; per epoch the train loss and, every
+  ``val_every`` epochs and at the end, val mIoU / FP / FN (single scale);
+* ``done.json``: written last; its presence means the stage is complete.
+
+The default recipe is PCAA's (Sec. 4.2): SGD lr 0.01, momentum 0.9, weight decay
+1e-4, poly 0.9 per iteration, random scale 0.5-2, flip, photometric distortion,
+crop 512, ignore label 255. Under ``torchrun`` BatchNorm becomes SyncBatchNorm
+(``sync_bn``), so several processes train like one with the whole batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from wsss.config import ConfigError
+from wsss.data import DataConfig, build_dataset
+from wsss.data.base import SegDataset
+from wsss.engine import checkpoint as ckpt
+from wsss.engine import dist
+from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
+from wsss.io import WsssDataError, read_image, write_json, write_text
+from wsss.seg.model import Segmenter, build_segmenter
+from wsss.seg.transforms import seg_train_transform
+
+CLASS_NAMES_FILE = "class_names.txt"
+
+
+@dataclass
+class TrainSegConfig:
+    """Settings of ``wsss train-seg``.
+
+    data: training images; ``data.masks`` = the pseudo-mask folder (unset: ground truth).
+    val_split: split scored against ground truth (none: no validation).
+    head: ``pcaa``, ``acf``, ``psa``, ``fcn`` or ``deeplabv2``. backbone: dilated to output stride 8.
+    pretrained: local ImageNet weights of the backbone; none = from scratch.
+    channels: the head's width (512 in the papers). pool_sizes: PCAA's S per stacked module.
+    psa_mask_size: PSANet's attention window, odd (63 suits crop 512).
+    iterations: optimiser steps; the last epoch is cut short to end there.
+    batch_size: global batch, split over processes. crop: training crop side, pixels.
+    base_size: images are resized to fit (4 base_size, base_size), then by a ratio in scale_range.
+    val_every: score the val split every this many epochs (and always at the end).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    val_split: str | None = "val"
+    head: str = "pcaa"
+    backbone: str = "resnet101_v1c"
+    pretrained: str | None = None
+    channels: int = 512
+    pool_sizes: tuple[int, ...] = (4,)
+    psa_mask_size: int = 63
+    iterations: int = 20000
+    batch_size: int = 16
+    crop: int = 512
+    base_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    photometric: bool = True
+    lr: float = 0.01
+    head_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    sync_bn: bool = True
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    out: str = "runs/seg"
+    save_every: int = 0
+    log_every: int = 20
+    val_every: int = 1
+
+
+def head_kwargs(cfg: TrainSegConfig) -> dict:
+    """The head's own options from the flat config."""
+    if cfg.head == "pcaa":
+        return {"channels": cfg.channels, "pool_sizes": tuple(cfg.pool_sizes)}
+    if cfg.head == "psa":
+        return {"channels": cfg.channels, "mask_size": cfg.psa_mask_size}
+    if cfg.head in ("fcn", "acf"):
+        return {"channels": cfg.channels}
+    return {}
+
+
+def build_from_config(cfg: TrainSegConfig, num_classes: int, pretrained: str | None = None) -> Segmenter:
+    return build_segmenter(cfg.head, cfg.backbone, num_classes, pretrained=pretrained, **head_kwargs(cfg))
+
+
+class SegTrainSet(Dataset):
+    """Augmented crops and labels; item i of epoch e is fixed by (seed, e, i)."""
+
+    def __init__(self, ds: SegDataset, cfg: TrainSegConfig):
+        self.ds, self.cfg, self.epoch = ds, cfg, 0
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int):
+        image_id = self.ds.ids[index]
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+        image = read_image(self.ds.image_path(image_id))
+        path = self.ds.mask_path(image_id)
+        if path is None:
+            raise WsssDataError(f"image {image_id} has no training mask: set data.masks to the pseudo-mask folder")
+        label = self.ds.read_checked_mask(path, image.shape[:2])
+        x, y = seg_train_transform(
+            image, label, rng, base_size=self.cfg.base_size, scale_range=tuple(self.cfg.scale_range),
+            crop=self.cfg.crop, photometric=self.cfg.photometric,
+        )
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _check_masks(ds: SegDataset, what: str) -> None:
+    missing = [i for i in ds.ids if ds.mask_path(i) is None or not Path(ds.mask_path(i)).is_file()]
+    if missing:
+        raise WsssDataError(
+            f"{len(missing)} of {len(ds)} {what} images have no mask (first: {', '.join(missing[:3])}). "
+            "Point data.masks at the make-pseudo output (--masks), or make pseudo masks for this split first."
+        )
+
+
+def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``."""
+    from wsss.seg.predict import evaluate_segmenter
+
+    out = Path(cfg.out)
+    if cfg.psa_mask_size % 2 == 0:
+        raise ConfigError(f"psa_mask_size must be odd, got {cfg.psa_mask_size}")
+    device = dist.init_distributed(cfg.device)
+    train_ds = build_dataset(cfg.data)
+    _check_masks(train_ds, "training")
+    val_ds = None
+    if cfg.val_split:
+        val_ds = build_dataset(DataConfig(**{**vars(cfg.data), "masks": None, "list_file": None}), split=cfg.val_split)
+        _check_masks(val_ds, "val")
+
+    torch.manual_seed(cfg.seed)
+    model = build_from_config(cfg, train_ds.num_classes, pretrained=cfg.pretrained)
+    if cfg.sync_bn and dist.world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    specs = model.param_groups(lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
+    optimizer = make_optimizer("sgd", [
+        {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "schedule": g.schedule, "name": g.name}
+        for g in specs
+    ], momentum=cfg.momentum)
+
+    def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+        x, y = batch
+        outputs = net(x)
+        outputs = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in outputs.items()}
+        return model.loss(outputs, y)
+
+    steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
+    epochs = -(-cfg.iterations // steps_per_epoch)
+
+    def evaluate(epoch: int, final: bool) -> dict[str, float]:
+        if val_ds is None or not (final or (epoch + 1) % max(1, cfg.val_every) == 0):
+            return {}
+        metrics = evaluate_segmenter(model, val_ds, base_size=cfg.base_size, progress=progress and dist.is_main())
+        return {"mIoU": 100 * metrics.miou, "FP": 100 * metrics.mean_fp, "FN": 100 * metrics.mean_fn}
+
+    settings = LoopSettings(
+        name=f"train-seg {cfg.head}", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=epochs,
+        max_steps=cfg.iterations, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
+        save_every=cfg.save_every, log_every=cfg.log_every,
+    )
+    if dist.is_main():
+        write_text(out / CLASS_NAMES_FILE, "\n".join(train_ds.class_names))
+    last = train_loop(
+        model=model, optimizer=optimizer, train_set=SegTrainSet(train_ds, cfg), config=cfg, settings=settings,
+        device=device, loss_fn=loss_fn, evaluate=evaluate, resume=resume, progress=progress,
+    )
+    if last is not None and dist.is_main():
+        final = {"steps": last.get("step"), "weights": str(out / ckpt.WEIGHTS_NAME)}
+        final.update({k: v for k, v in last.items() if k.startswith("val_")})
+        write_json(out / "done.json", final)
+        msg = f"train-seg done: weights {out / ckpt.WEIGHTS_NAME}"
+        if "val_mIoU" in final:
+            msg += f", val mIoU {final['val_mIoU']:.2f} (single scale)"
+        print(msg + f". Next: wsss predict --seg-dir {out} --out <folder>")
+    dist.barrier()
+    return out
