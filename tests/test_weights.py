@@ -243,3 +243,21 @@ def test_detect_format():
     assert detect_format(["backbone.stem.0.weight", "decode_head.conv_seg.weight"]) == "mmseg_segmentor"
     assert detect_format(["cls_token", "trans_patch_conv.weight", "conv_trans_2.cnn_block.conv1.weight"]) == "conformer"
     assert detect_format(["foo.weight"]) == "unknown"
+
+
+def test_a_trained_wsss_resnet_classifier_starts_another_backbone(tmp_path):
+    # The demo's stand-in for ImageNet weights: the backbone of a train-cls ResNet feeds IRNet / train-seg.
+    from wsss.cls.models import build_classifier
+    from wsss.engine.checkpoint import save_weights
+    from wsss.models import build_backbone, load_weights
+    from wsss.models.weights import detect_format
+
+    torch.manual_seed(0)
+    cls = build_classifier("resnet_tiny", 5)
+    save_weights(cls, tmp_path / "model.safetensors")
+    backbone = build_backbone("resnet_tiny", strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4))
+    report = load_weights(backbone, tmp_path / "model.safetensors")
+    assert report.format == "wsss_network" and not report.missing and not report.unexpected
+    for k, v in backbone.state_dict().items():
+        torch.testing.assert_close(v, cls.backbone.state_dict()[k], rtol=0, atol=0)
+    assert detect_format(["backbone.stem.0.weight", "backbone.layer1.0.conv1.weight"]) == "mmseg_segmentor"

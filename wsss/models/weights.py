@@ -88,8 +88,14 @@ def mmseg_backbone_key(key: str) -> str | None:
     return mmcv_resnet_key(key[len("backbone."):])
 
 
+def wsss_backbone_key(key: str) -> str | None:
+    """A wsss network (train-cls ResNet CAM net, train-seg model): keep ``backbone.*``, leave out the heads."""
+    return key[len("backbone."):] if key.startswith("backbone.") else None
+
+
 KEY_MAPS: dict[str, KeyMap | None] = {
     "resnet": None,
+    "wsss_network": wsss_backbone_key,
     "mmcv_resnet": mmcv_resnet_key,
     "mmseg_segmentor": mmseg_backbone_key,
     "conformer": None,
@@ -104,6 +110,9 @@ def detect_format(keys: Sequence[str] | Mapping[str, object]) -> str:
     ``resnet``: torchvision or timm ResNet names (the two are identical, 7x7 or
     deep stem); ``mmcv_resnet``: open-mmlab ResNet / ResNetV1c (``stem.N``);
     ``mmseg_segmentor``: the same under ``backbone.`` beside decode heads;
+    ``wsss_network``: a wsss ResNet network (``backbone.`` + timm names beside
+    its heads), e.g. a ``train-cls`` ResNet's ``model.safetensors``, whose
+    backbone can start IRNet or a segmentation network;
     ``conformer``: the official Conformer release (its names are wsss's module
     names); ``unknown``: anything else, used as it is.
     """
@@ -111,6 +120,8 @@ def detect_format(keys: Sequence[str] | Mapping[str, object]) -> str:
     has_layers = any(k.startswith("layer1.") for k in names)
     if "backbone.stem.0.weight" in names:
         return "mmseg_segmentor"
+    if "backbone.conv1.weight" in names or "backbone.conv1.0.weight" in names:
+        return "wsss_network"
     if "stem.0.weight" in names and has_layers:
         return "mmcv_resnet"
     if has_layers and ("conv1.weight" in names or "conv1.0.weight" in names):

@@ -1,0 +1,104 @@
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import wsss.pipeline as pipeline
+from wsss.cli import main
+from wsss.config import ConfigError
+from wsss.pipeline import load_recipe, run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE = """
+run_dir: unused
+vars: {classes: voc}
+steps:
+  - name: toy
+    stage: make_toy
+    settings: {size: 32, num_train: 3, num_val: 2, workers: 1}
+  - name: score
+    stage: eval
+    settings: {pred: "{toy}/SegmentationClass", gt: "{toy}/SegmentationClass", workers: 1}
+  - name: report
+    stage: report
+    settings:
+      tables: [{title: identity, rows: {GT: {mIoU: "{score}"}}}]
+"""
+
+
+def _write(tmp_path, text=RECIPE):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_references_are_resolved_and_checked(tmp_path):
+    r = load_recipe(_write(tmp_path), run_dir=tmp_path / "run")
+    assert r.steps[1].settings["pred"] == str(tmp_path / "run" / "toy") + "/SegmentationClass"
+    with pytest.raises(ConfigError, match="'{nope}' names no step or variable"):
+        load_recipe(_write(tmp_path, RECIPE.replace("{score}", "{nope}")))
+    with pytest.raises(ConfigError, match="uses the output of a later step"):
+        load_recipe(_write(tmp_path, RECIPE.replace('"{toy}/SegmentationClass", workers', '"{report}", workers')))
+    with pytest.raises(ConfigError, match="unknown stage 'trian_cls'"):
+        load_recipe(_write(tmp_path, RECIPE.replace("stage: make_toy", "stage: trian_cls")))
+
+
+def test_missing_requirements_are_listed_together_before_anything_runs(tmp_path):
+    text = RECIPE.replace("steps:", "requires: ['{data}/JPEGImages', '{data}/w.pth']\nsteps:")
+    r = load_recipe(_write(tmp_path, text), run_dir=tmp_path / "run", variables={"data": str(tmp_path / "voc")})
+    with pytest.raises(ConfigError) as e:
+        run_recipe(r, progress=False)
+    assert "JPEGImages" in str(e.value) and "w.pth" in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rerun_skips_complete_steps_and_reruns_what_a_change_affects(tmp_path, capsys):
+    run = tmp_path / "run"
+    states = run_recipe(load_recipe(_write(tmp_path), run_dir=run), progress=False)
+    assert states == {"toy": "ran", "score": "ran", "report": "ran"}
+    table = json.loads((run / "report" / "report.json").read_text())
+    assert table[0]["rows"]["GT"]["mIoU"]["mIoU"] == 100.0
+    assert run_recipe(load_recipe(_write(tmp_path), run_dir=run), progress=False) == dict.fromkeys(
+        ["toy", "score", "report"], "skipped")
+    changed = RECIPE.replace("workers: 1}\n  - name: report", "workers: 2}\n  - name: report")
+    capsys.readouterr()
+    states = run_recipe(load_recipe(_write(tmp_path, changed), run_dir=run), progress=False)
+    assert states == {"toy": "skipped", "score": "reran", "report": "reran"}
+    said = capsys.readouterr().out
+    assert "its settings changed" in said and "it reads score, which ran again" in said
+    assert (run / "score.old" / "eval.json").is_file()
+
+
+def test_an_interrupted_recipe_continues_where_it_stopped(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = pipeline.STAGES["eval"]
+
+    def killed(settings, out, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(pipeline.STAGES, "eval", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(load_recipe(_write(tmp_path), run_dir=run), progress=False)
+    assert (run / "toy" / "done.json").is_file() and not (run / "score" / "done.json").exists()
+    monkeypatch.setitem(pipeline.STAGES, "eval", real)
+    states = run_recipe(load_recipe(_write(tmp_path), run_dir=run), progress=False)
+    assert states == {"toy": "skipped", "score": "ran", "report": "ran"}
+
+
+def test_cli_run_prints_layout(tmp_path):
+    r = CliRunner().invoke(main, ["run", str(_write(tmp_path)), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "run directory:" in r.output and "score/" in r.output and "report.md" in r.output
+
+
+def test_packaged_recipes_load():
+    from importlib.resources import files
+
+    demo = Path(str(files("wsss") / "recipes" / "demo.yaml"))
+    assert (ROOT / "pipelines" / "demo.yaml").resolve() == demo.resolve()
+    for path in sorted((ROOT / "pipelines").glob("*.yaml")):
+        recipe = load_recipe(path, variables={"voc_root": "/data/VOC2012", "coco_root": "/data/coco",
+                                              "weights": "/w"})
+        assert recipe.steps, path

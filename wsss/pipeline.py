@@ -1,0 +1,305 @@
+"""Recipes: the stages chained from one YAML file, each in its own folder of one run directory.
+
+A recipe (``pipelines/*.yaml``) is a list of steps::
+
+    run_dir: runs/voc_adcam
+    requires: [...]                      # files / folders checked before anything starts
+    steps:
+      - name: cls                        # output folder: <run_dir>/cls
+        stage: train_cls                 # one of STAGES
+        settings: {model: conformer_s16, data: {root: "{data_root}"}, ...}
+      - name: cam
+        stage: extract_cam
+        settings: {cls_dir: "{cls}", ...}  # "{cls}" = the cls step's folder
+
+In strings, ``{run_dir}``, ``{<step name>}`` (that step's folder) and any
+top-level ``vars`` entry (e.g. ``{data_root}``) are replaced. A step's
+``out`` (or ``out``-like setting of its stage) is always its own folder.
+
+Skipping and resuming: a step whose folder holds ``done.json`` and the same
+resolved settings (``recipe_step.json``) is skipped; an unfinished step is
+continued (training resumes from its checkpoint, per-image stages skip the
+images done). A step whose settings changed, or that depends on a step that
+reran, is rerun from scratch and the recipe says so; its old folder is kept
+beside it as ``<name>.old``, so nothing is lost.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wsss.config import ConfigError, from_dict, read_yaml
+from wsss.io import write_json, write_text
+
+STEP_FILE = "recipe_step.json"
+
+
+def _train_cls(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.cls.train import TrainClsConfig, train_cls
+
+    train_cls(from_dict(TrainClsConfig, {**settings, "out": str(out)}), resume=True, progress=progress)
+
+
+def _extract_cam(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.cam.extract import ExtractCamConfig, extract_cams
+
+    extract_cams(from_dict(ExtractCamConfig, {**settings, "out": str(out)}), progress=progress)
+
+
+def _eval_cam(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = evaluate_cams(from_dict(EvalCamConfig, {**settings, "out": str(out / "eval.json")}), progress=progress)
+    best = result.best
+    print(f"seed mIoU {100 * best.miou:.2f} at threshold {result.best_threshold:.2f} "
+          f"(FP {100 * best.mean_fp:.2f}, FN {100 * best.mean_fn:.2f})")
+
+
+def _make_pseudo(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+
+    make_pseudo(from_dict(MakePseudoConfig, {**settings, "out": str(out)}), progress=progress)
+
+
+def _eval(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.evaluate import EvalConfig, evaluate_folders
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_folders(from_dict(EvalConfig, {**settings, "out": str(out / "eval.json")}), progress=progress)
+    print(f"mIoU {100 * metrics.miou:.2f}  FP {100 * metrics.mean_fp:.2f}  FN {100 * metrics.mean_fn:.2f}")
+
+
+def _train_seg(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.seg.train import TrainSegConfig, train_seg
+
+    train_seg(from_dict(TrainSegConfig, {**settings, "out": str(out)}), resume=True, progress=progress)
+
+
+def _predict(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.seg.predict import PredictConfig, predict
+
+    predict(from_dict(PredictConfig, {**settings, "out": str(out)}), progress=progress)
+
+
+def _make_toy(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.data.toy import make_toy
+
+    make_toy(out, progress=progress, **settings)
+
+
+def _figure(settings: dict, out: Path, progress: bool) -> None:
+    from wsss.data import DataConfig, build_dataset
+    from wsss.viz import cam_grid
+
+    ds = build_dataset(from_dict(DataConfig, settings["data"]))
+    ids = settings.get("ids") or ds.ids[: settings.get("num", 4)]
+    cam_grid(ds, ids, out / "figure.png", cam_dirs=settings.get("cams", {}), mask_dirs=settings.get("masks", {}),
+             threshold=settings.get("threshold", 0.25))
+    print(f"figure: {out / 'figure.png'}")
+
+
+def _report(settings: dict, out: Path, progress: bool) -> None:
+    """Tables of mIoU (FP, FN) from eval folders, printed and saved as Markdown and JSON."""
+    tables = []
+    for table in settings["tables"]:
+        rows = {}
+        for row, cells in table["rows"].items():
+            rows[row] = {col: _read_score(path) for col, path in cells.items()}
+        tables.append({"title": table["title"], "note": table.get("note", ""), "rows": rows})
+    md = "\n\n".join(_markdown(t) for t in tables) + "\n"
+    write_text(out / "report.md", md)
+    write_json(out / "report.json", tables)
+    print(md)
+
+
+def _read_score(folder: str) -> dict | None:
+    path = Path(folder) / "eval.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    best = data.get("best", data)
+    return {"mIoU": best["mIoU"], "FP": best["FP"], "FN": best["FN"]}
+
+
+def _markdown(table: dict) -> str:
+    cols = list(dict.fromkeys(c for cells in table["rows"].values() for c in cells))
+    lines = [f"### {table['title']}", ""]
+    if table["note"]:
+        lines += [table["note"], ""]
+    lines += ["| | " + " | ".join(f"{c} mIoU (FP / FN)" for c in cols) + " |",
+              "| --- |" + " ---: |" * len(cols)]
+    for row, cells in table["rows"].items():
+        vals = []
+        for c in cols:
+            s = cells.get(c)
+            vals.append("-" if s is None else f"{s['mIoU']:.2f} ({s['FP']:.1f} / {s['FN']:.1f})")
+        lines.append(f"| {row} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+STAGES: dict[str, Callable[[dict, Path, bool], None]] = {
+    "make_toy": _make_toy,
+    "train_cls": _train_cls,
+    "extract_cam": _extract_cam,
+    "eval_cam": _eval_cam,
+    "make_pseudo": _make_pseudo,
+    "eval": _eval,
+    "train_seg": _train_seg,
+    "predict": _predict,
+    "figure": _figure,
+    "report": _report,
+}
+
+
+@dataclass
+class Step:
+    name: str
+    stage: str
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    run_dir: Path
+    steps: list[Step]
+    requires: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+_REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def load_recipe(path: str | Path, run_dir: str | Path | None = None, variables: dict[str, str] | None = None) -> Recipe:
+    """Read a recipe, check its steps and stages, and resolve every ``{name}`` reference."""
+    raw = read_yaml(path)
+    unknown = set(raw) - {"run_dir", "vars", "steps", "requires", "description"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
+                          "a recipe has run_dir, vars, requires, description and steps")
+    run = Path(run_dir or raw.get("run_dir") or "runs/recipe")
+    values = {k: str(v) for k, v in (raw.get("vars") or {}).items()}
+    values.update({k: str(v) for k, v in (variables or {}).items() if v is not None})
+    values["run_dir"] = str(run)
+    steps = []
+    for i, s in enumerate(raw.get("steps") or []):
+        if not isinstance(s, dict) or "name" not in s or "stage" not in s:
+            raise ConfigError(f"{path}: step {i + 1} needs a name and a stage")
+        if s["stage"] not in STAGES:
+            raise ConfigError(f"{path}: step '{s['name']}' has unknown stage '{s['stage']}'; "
+                              f"known: {', '.join(STAGES)}")
+        if s["name"] in values:
+            raise ConfigError(f"{path}: step name '{s['name']}' is used twice (or clashes with a variable)")
+        values[s["name"]] = str(run / s["name"])
+        steps.append(Step(s["name"], s["stage"], s.get("settings") or {}))
+    names = [s.name for s in steps]
+    for step in steps:
+        later = sorted(r for r in _refs(step.settings) if r in names and names.index(r) >= names.index(step.name))
+        step.settings = _resolve(step.settings, values, f"{path}: step '{step.name}'")
+        if later:
+            raise ConfigError(f"{path}: step '{step.name}' uses the output of a later step: {later}")
+    requires = [_resolve(r, values, f"{path}: requires") for r in raw.get("requires") or []]
+    return Recipe(run_dir=run, steps=steps, requires=requires, description=raw.get("description", ""))
+
+
+def _refs(obj: Any) -> set[str]:
+    if isinstance(obj, dict):
+        return set().union(*(_refs(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_refs(v) for v in obj)) if obj else set()
+    return set(_REF.findall(obj)) if isinstance(obj, str) else set()
+
+
+def _resolve(obj: Any, values: dict[str, str], where: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _resolve(v, values, where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_resolve(v, values, where) for v in obj]
+    if isinstance(obj, str):
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in values:
+                raise ConfigError(f"{where}: '{{{m.group(1)}}}' names no step or variable")
+            return values[m.group(1)]
+        return _REF.sub(sub, obj)
+    return obj
+
+
+def _dependencies(recipe: Recipe) -> dict[str, set[str]]:
+    """Steps each step reads from: those whose folder appears in its settings."""
+    folders = {str(recipe.run_dir / s.name): s.name for s in recipe.steps}
+    deps = {}
+    for step in recipe.steps:
+        text = json.dumps(step.settings)
+        deps[step.name] = {name for folder, name in folders.items()
+                           if name != step.name and re.search(re.escape(folder) + r'(?=["/])', text)}
+    return deps
+
+
+def check_requirements(recipe: Recipe) -> None:
+    """Every file the recipe needs is there, or one error lists all that are missing."""
+    missing = [r for r in recipe.requires if not Path(r).exists()]
+    if missing:
+        raise ConfigError("this recipe needs, and cannot find:\n" + "\n".join(f"  - {m}" for m in missing)
+                          + "\nPut them in place (see the README's recipe section) or set the paths with --var.")
+
+
+def _fingerprint(step: Step, upstream: dict[str, str]) -> str:
+    payload = json.dumps({"stage": step.stage, "settings": step.settings, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None = None) -> dict[str, str]:
+    """Run the recipe's steps in order (``only``: just these, plus nothing else);
+    returns each step's state: ``skipped``, ``ran`` or ``reran``."""
+    check_requirements(recipe)
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    deps = _dependencies(recipe)
+    prints: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for step in recipe.steps:
+        out = recipe.run_dir / step.name
+        fp = _fingerprint(step, {d: prints[d] for d in sorted(deps[step.name])})
+        prints[step.name] = fp
+        if only and step.name not in only:
+            continue
+        record = out / STEP_FILE
+        old = json.loads(record.read_text()) if record.is_file() else None
+        if old and old.get("fingerprint") == fp and (out / "done.json").is_file():
+            print(f"[{step.name}] complete, skipped ({out})")
+            states[step.name] = "skipped"
+            continue
+        if old and old.get("fingerprint") != fp:
+            changed = [d for d in sorted(deps[step.name]) if states.get(d) in ("ran", "reran")]
+            why = f"it reads {', '.join(changed)}, which ran again" if changed else "its settings changed"
+            backup = out.with_name(out.name + ".old")
+            if backup.exists():
+                shutil.rmtree(backup)
+            out.rename(backup)
+            print(f"[{step.name}] rerunning from scratch: {why} (previous outputs kept in {backup})")
+            states[step.name] = "reran"
+        else:
+            verb = "continuing" if out.exists() else "running"
+            print(f"[{step.name}] {verb}: {step.stage} -> {out}")
+            states[step.name] = "ran"
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(record, {"fingerprint": fp, "stage": step.stage, "settings": step.settings})
+        t0 = time.time()
+        STAGES[step.stage](step.settings, out, progress)
+        if not (out / "done.json").is_file():
+            write_json(out / "done.json", {"stage": step.stage})
+        print(f"[{step.name}] done in {time.time() - t0:.0f} s")
+    return states
+
+
+def layout(recipe: Recipe) -> str:
+    """The run directory's folders, one line per step."""
+    lines = [f"{recipe.run_dir}/"]
+    for step in recipe.steps:
+        lines.append(f"  {step.name + '/':<22} {step.stage}")
+    return "\n".join(lines)
