@@ -134,3 +134,53 @@ def test_ddp_two_processes_match_one(toy_root, tmp_path):
     assert not torch.equal(init["classifier.weight"], w1["classifier.weight"])
     assert not torch.equal(init["backbone.layer4.0.conv1.weight"], w1["backbone.layer4.0.conv1.weight"])
     assert json.loads((tmp_path / "two" / "done.json").read_text())["steps"] == 3
+
+
+def test_mask_follows_the_image_through_the_augmentation():
+    from wsss.cls.transforms import IMAGENET_MEAN, IMAGENET_STD, cls_train_transform
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    image[10:30, 35:55] = 250
+    mask[10:30, 35:55] = 2
+    for seed in range(5):
+        x, m = cls_train_transform(image, np.random.default_rng(seed), resize_range=(50, 70), crop=48, mask=mask)
+        bright = x[0] > (128 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+        inside = m == 2
+        # object pixels and class-2 pixels coincide except on the resampled rim
+        assert (bright ^ inside).sum() <= 0.15 * max(1, inside.sum()) + 8
+        # same random draws as without a mask: the image crop is identical
+        x2 = cls_train_transform(image, np.random.default_rng(seed), resize_range=(50, 70), crop=48)
+        assert np.array_equal(x, x2)
+
+
+@pytest.mark.parametrize("model", ["resnet_tiny", "conformer_tiny"])
+def test_partial_pooling_with_one_patch_is_the_image_score(model):
+    from wsss.cls.models import build_classifier
+
+    torch.manual_seed(0)
+    net = build_classifier(model, 5, partial_pool=1).eval()
+    out = net(torch.randn(2, 3, 64, 48))
+    torch.testing.assert_close(out["patch_logits"].flatten(1), out["logits"], rtol=1e-5, atol=1e-5)
+    net4 = build_classifier(model, 5, partial_pool=4)
+    assert net4(torch.randn(1, 3, 64, 64))["patch_logits"].shape == (1, 5, 4, 4)
+
+
+def test_train_with_partial_pooling_then_extract_partial_cams(toy_root, tmp_path):
+    from wsss.cam.extract import ExtractCamConfig, extract_cams
+
+    out = train_cls(_cfg(toy_root, tmp_path / "p", partial_pool=2, max_steps=2, val_split=None,
+                         model="resnet_tiny"), progress=False)
+    cams = extract_cams(ExtractCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"),
+                                         cls_dir=str(out), method="partial", scales=(1.0,), device="cpu",
+                                         out=str(tmp_path / "cams")), progress=False)
+    assert len(list(cams.glob("*.npz"))) == 16
+    plain = train_cls(_cfg(toy_root, tmp_path / "plain", max_steps=1, val_split=None, model="resnet_tiny"),
+                      progress=False)
+    with pytest.raises(ConfigError, match="partial pooling"):
+        extract_cams(ExtractCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"),
+                                      cls_dir=str(plain), method="partial", device="cpu",
+                                      out=str(tmp_path / "cams2")), progress=False)
+    with pytest.raises(Exception, match="region mask"):
+        train_cls(_cfg(toy_root, tmp_path / "q", partial_pool=2, max_steps=1, val_split=None,
+                       region_masks=str(tmp_path / "nowhere")), progress=False)

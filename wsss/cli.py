@@ -89,6 +89,8 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
 @click.option("--pretrained", default=None, help="Local ImageNet weights (.pth/.pt/.safetensors) [default: none, train from scratch].")
 @click.option("--strict-load/--no-strict-load", default=None, help="Refuse weights whose keys do not match (classifier heads aside) [default: strict].")
 @click.option("--detach-branches/--no-detach-branches", default=None, help="Conformer: cut gradients between CNN and transformer branches [default: detach].")
+@click.option("--partial-pool", type=click.IntRange(0), default=None, help="Partial pooling S (PCAA Eq. 3), 0 = off [default: 0].")
+@click.option("--region-masks", default=None, help="Mask folder for partial pooling's region labels [default: the dataset's masks].")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 5].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 384].")
@@ -100,7 +102,7 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
 @click.option("--out", default=None, help="Output folder [default: runs/cls].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pretrained, strict_load, detach_branches,
-                  epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resume) -> None:
+                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resume) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
@@ -110,6 +112,7 @@ def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pr
     cfg = load_config(TrainClsConfig, config_path, {
         "data.kind": data_kind, "data.root": data_root, "data.split": split, "val_split": val_split, "model": model,
         "pretrained": pretrained, "strict_load": strict_load, "detach_branches": detach_branches, "epochs": epochs,
+        "partial_pool": partial_pool, "region_masks": region_masks,
         "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
         "device": device, "seed": seed, "out": out,
     }, section="train_cls")
@@ -119,7 +122,7 @@ def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pr
 @main.command("extract-cam")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its extract_cam section.")
 @click.option("--cls-dir", default=None, help="train-cls output folder (config.yaml + model.safetensors).")
-@click.option("--method", type=click.Choice(["cam", "adcam", "attn-diffusion", "tscam"]), default=None, help="How class maps are made [default: cam].")
+@click.option("--method", type=click.Choice(["cam", "partial", "adcam", "attn-diffusion", "tscam"]), default=None, help="How class maps are made [default: cam].")
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
 @click.option("--split", default=None, help="Images to process [default: train].")

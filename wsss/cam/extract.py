@@ -53,6 +53,18 @@ def vanilla_cam(model: torch.nn.Module, x: torch.Tensor, cfg: "ExtractCamConfig"
     return F.relu(model.class_maps(x))
 
 
+@register_method("partial")
+def partial_cam(model: torch.nn.Module, x: torch.Tensor, cfg: "ExtractCamConfig") -> torch.Tensor:
+    """Partial CAM (PCAA Eq. 3): the class maps of a classifier trained with partial
+    pooling (``train-cls --partial-pool S``), which keeps them faithful patch by patch."""
+    if not getattr(model, "partial_pool", 0):
+        raise ConfigError(
+            "method 'partial' needs a classifier trained with partial pooling: rerun train-cls with "
+            "partial_pool: 4 (and region_masks), or use --method cam"
+        )
+    return F.relu(model.class_maps(x))
+
+
 def _conformer_parts(model: torch.nn.Module, x: torch.Tensor):
     if not hasattr(model, "net") or not hasattr(model.net, "forward_features"):
         raise ConfigError("this method needs a Conformer classifier (attention maps); the checkpoint is a ResNet")

@@ -7,7 +7,10 @@ holds:
   Conformer's transformer head);
 * ``class_maps(x) -> (B, K, h, w)``: ``w_k . f`` at every position of the
   stride-16 feature map, before ReLU (the CAM before normalisation);
-* ``loss(out, labels)``: multi-label BCE, summed over the heads;
+* ``loss(out, labels, masks=None)``: multi-label BCE, summed over the heads,
+  plus with partial pooling (``partial_pool`` = S > 0) PCAA's focal loss on
+  ``sigmoid(AdaptiveAvgPool_S(class maps))`` against region labels from
+  ``masks`` (PCAA Eq. 3-4);
 * ``param_groups(cfg)``: optimiser groups with their own lr and schedule.
 """
 from __future__ import annotations
@@ -43,8 +46,10 @@ class ResNetCAMNet(nn.Module):
     random features and initial BN statistics would leave nothing to learn with.
     """
 
-    def __init__(self, backbone: str, num_classes: int, *, pretrained: str | None = None, strict_load: bool = True):
+    def __init__(self, backbone: str, num_classes: int, *, pretrained: str | None = None, strict_load: bool = True,
+                 partial_pool: int = 0):
         super().__init__()
+        self.partial_pool = partial_pool
         from wsss.models import build_backbone, load_weights
 
         irn_freeze = dict(frozen_bn=True, frozen_stages=2) if pretrained else {}
@@ -64,13 +69,16 @@ class ResNetCAMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)
         logits = self.classifier(f.mean(dim=(2, 3), keepdim=True)).flatten(1)
-        return {"logits": logits}
+        out = {"logits": logits}
+        if self.partial_pool:
+            out["patch_logits"] = F.adaptive_avg_pool2d(self.classifier(f), self.partial_pool)
+        return out
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self.features(x), self.classifier.weight)
 
-    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(out["logits"], labels)
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out["logits"], labels) + partial_loss(out, masks)
 
     def param_groups(self, lr: float, weight_decay: float, head_lr_mult: float = 10.0, **_) -> list[GroupSpec]:
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
@@ -100,10 +108,12 @@ class ConformerClassifier(nn.Module):
         strict_load: bool = True,
         detach_branches: bool = True,
         drop_last_block: bool = True,
+        partial_pool: int = 0,
     ):
         super().__init__()
         from wsss.models import build_backbone
 
+        self.partial_pool = partial_pool
         self.net = build_backbone(
             backbone, num_classes=num_classes, detach_branches=detach_branches, drop_last_block=drop_last_block
         )
@@ -124,17 +134,22 @@ class ConformerClassifier(nn.Module):
         self.stride = self.net.cnn_stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        conv_logits, trans_logits = self.net(x)
-        return {"logits": conv_logits, "logits_trans": trans_logits}
+        if not self.partial_pool:
+            conv_logits, trans_logits = self.net(x)
+            return {"logits": conv_logits, "logits_trans": trans_logits}
+        feats = self.net.forward_features(x)
+        head = self.net.conv_cls_head
+        maps = F.conv2d(feats.cnn, head.weight[:, :, None, None], head.bias)
+        return {"logits": head(self.net.pooling(feats.cnn).flatten(1)), "logits_trans": self.net.trans_cls_head(feats.cls),
+                "patch_logits": F.adaptive_avg_pool2d(maps, self.partial_pool)}
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         f = self.net.forward_features(x).cnn
         return F.conv2d(f, self.net.conv_cls_head.weight[:, :, None, None])
 
-    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(out["logits"], labels) + F.binary_cross_entropy_with_logits(
-            out["logits_trans"], labels
-        )
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        return (F.binary_cross_entropy_with_logits(out["logits"], labels)
+                + F.binary_cross_entropy_with_logits(out["logits_trans"], labels) + partial_loss(out, masks))
 
     def param_groups(
         self, lr: float, weight_decay: float, lr_transformer: float | None = None, **_
@@ -148,6 +163,21 @@ class ConformerClassifier(nn.Module):
         ]
 
 
+def partial_loss(out: dict[str, torch.Tensor], masks: torch.Tensor | None) -> torch.Tensor | float:
+    """PCAA's partial-CAM loss (Eq. 3-4): focal loss (gamma 2) of ``sigmoid(patch_logits)``
+    (B, K, S, S) against region labels from ``masks`` (B, H, W) (a foreground class is
+    positive in a patch holding any of its pixels; 255 = unlabelled). 0 without partial pooling."""
+    if "patch_logits" not in out:
+        return 0.0
+    if masks is None:
+        raise ValueError("partial pooling needs region masks for its loss")
+    from wsss.seg.model import patch_labels, sigmoid_focal_loss
+
+    k, s = out["patch_logits"].shape[1], out["patch_logits"].shape[-1]
+    labels = patch_labels(masks, k + 1, s)[:, 1:]
+    return sigmoid_focal_loss(out["patch_logits"].float(), labels)
+
+
 def build_classifier(
     backbone: str,
     num_classes: int,
@@ -156,13 +186,15 @@ def build_classifier(
     strict_load: bool = True,
     detach_branches: bool = True,
     drop_last_block: bool = True,
+    partial_pool: int = 0,
 ) -> nn.Module:
     if backbone.startswith("conformer"):
         return ConformerClassifier(
             backbone, num_classes, pretrained=pretrained, strict_load=strict_load,
-            detach_branches=detach_branches, drop_last_block=drop_last_block,
+            detach_branches=detach_branches, drop_last_block=drop_last_block, partial_pool=partial_pool,
         )
-    return ResNetCAMNet(backbone, num_classes, pretrained=pretrained, strict_load=strict_load)
+    return ResNetCAMNet(backbone, num_classes, pretrained=pretrained, strict_load=strict_load,
+                        partial_pool=partial_pool)
 
 
 def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -187,7 +219,7 @@ def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "c
         raise ValueError(f"{weights} holds neither a Conformer nor a ResNet CAM classifier head")
     model = build_classifier(
         cfg["model"], head.shape[0], detach_branches=cfg.get("detach_branches", True),
-        drop_last_block=cfg.get("drop_last_block", True),
+        drop_last_block=cfg.get("drop_last_block", True), partial_pool=cfg.get("partial_pool", 0),
     )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

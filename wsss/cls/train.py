@@ -32,7 +32,7 @@ from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
-from wsss.io import read_image, write_json
+from wsss.io import WsssDataError, read_image, write_json
 
 
 @dataclass
@@ -47,6 +47,10 @@ class TrainClsConfig:
     crop: training crop side, pixels. resize_long: range of the random long-side resize, pixels.
     optimizer: ``adamw`` or ``sgd``. lr: CNN / backbone lr (poly decay).
     lr_transformer: Conformer transformer branch lr (constant). head_lr_mult: ResNet classifier lr factor.
+    partial_pool: S of partial pooling (PCAA Eq. 3; 0 = off): a focal loss on the S x S pooled
+    class maps against region labels (Eq. 4) from ``region_masks`` (a mask folder: ground truth,
+    or an earlier round's pseudo masks; none = the dataset's own masks). ``extract-cam --method partial``
+    needs a classifier trained this way.
     max_steps: stop after this many optimiser steps in total (tests, smoke runs).
     save_every: also checkpoint every this many steps (0: at epoch ends only).
     """
@@ -66,6 +70,8 @@ class TrainClsConfig:
     lr: float = 5e-4
     lr_transformer: float | None = 2e-4
     head_lr_mult: float = 10.0
+    partial_pool: int = 0
+    region_masks: str | None = None
     weight_decay: float = 0.05
     momentum: float = 0.9
     poly_power: float = 0.9
@@ -92,8 +98,26 @@ class ClsTrainSet(Dataset):
         image_id = self.ds.ids[index]
         rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
         image = read_image(self.ds.image_path(image_id))
-        x = cls_train_transform(image, rng, resize_range=self.cfg.resize_long, crop=self.cfg.crop)
-        return torch.from_numpy(x), torch.from_numpy(self.ds.label(image_id))
+        label = torch.from_numpy(self.ds.label(image_id))
+        if not self.cfg.partial_pool:
+            x = cls_train_transform(image, rng, resize_range=self.cfg.resize_long, crop=self.cfg.crop)
+            return torch.from_numpy(x), label
+        mask = self.ds.read_checked_mask(self.region_mask_path(image_id), image.shape[:2])
+        x, m = cls_train_transform(image, rng, resize_range=self.cfg.resize_long, crop=self.cfg.crop, mask=mask)
+        return torch.from_numpy(x), label, torch.from_numpy(m)
+
+    def region_mask_path(self, image_id: str) -> Path:
+        if self.cfg.region_masks:
+            return Path(self.cfg.region_masks) / f"{image_id}.png"
+        return self.ds.mask_path(image_id)
+
+    def check_region_masks(self) -> None:
+        missing = [i for i in self.ds.ids if not (p := self.region_mask_path(i)) or not Path(p).is_file()]
+        if missing:
+            raise WsssDataError(
+                f"partial pooling needs a region mask per image; {len(missing)} of {len(self.ds)} have none "
+                f"(first: {', '.join(missing[:3])}). Set region_masks to a mask folder (ground truth or pseudo masks)."
+            )
 
 
 class ClsEvalSet(Dataset):
@@ -138,8 +162,11 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
     torch.manual_seed(cfg.seed)
     model = build_classifier(
         cfg.model, train_ds.num_fg, pretrained=cfg.pretrained, strict_load=cfg.strict_load,
-        detach_branches=cfg.detach_branches, drop_last_block=cfg.drop_last_block,
+        detach_branches=cfg.detach_branches, drop_last_block=cfg.drop_last_block, partial_pool=cfg.partial_pool,
     ).to(device)
+    train_set = ClsTrainSet(train_ds, cfg)
+    if cfg.partial_pool:
+        train_set.check_region_masks()
     specs = model.param_groups(
         lr=cfg.lr, weight_decay=cfg.weight_decay, lr_transformer=cfg.lr_transformer, head_lr_mult=cfg.head_lr_mult
     )
@@ -149,9 +176,9 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
     ], momentum=cfg.momentum)
 
     def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
-        x, y = batch
+        x, y, *masks = batch
         out_dict = net(x)
-        return {"loss": model.loss({k: v.float() for k, v in out_dict.items()}, y)}
+        return {"loss": model.loss({k: v.float() for k, v in out_dict.items()}, y, *masks)}
 
     settings = LoopSettings(
         name="train-cls", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
@@ -159,7 +186,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
         save_every=cfg.save_every, log_every=cfg.log_every,
     )
     last = train_loop(
-        model=model, optimizer=optimizer, train_set=ClsTrainSet(train_ds, cfg), config=cfg, settings=settings,
+        model=model, optimizer=optimizer, train_set=train_set, config=cfg, settings=settings,
         device=device, loss_fn=loss_fn, resume=resume, progress=progress,
         evaluate=(lambda epoch, final: evaluate_cls(model, val_ds, device, 0, progress)) if val_ds is not None else None,
     )

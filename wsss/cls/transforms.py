@@ -46,16 +46,25 @@ def random_crop(arrays: list[np.ndarray], crop: int, rng: np.random.Generator, f
 
 
 def cls_train_transform(
-    image: np.ndarray, rng: np.random.Generator, *, resize_range: tuple[int, int], crop: int, flip: bool = True
-) -> np.ndarray:
+    image: np.ndarray, rng: np.random.Generator, *, resize_range: tuple[int, int], crop: int, flip: bool = True,
+    mask: np.ndarray | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """IRN's recipe: random long-side resize, horizontal flip, normalise, random crop.
 
-    Returns (3, crop, crop) float32.
+    Returns (3, crop, crop) float32; with ``mask`` ((H, W) uint8 class ids) also
+    the mask put through the same resize (nearest), flip and crop, padded with
+    255, as (crop, crop) int64 (partial pooling's region labels, PCAA Eq. 4).
     """
     long_side = int(rng.integers(resize_range[0], resize_range[1] + 1))
     image = resize_long(image, long_side)
+    if mask is not None:
+        mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
     if flip and rng.random() < 0.5:
         image = image[:, ::-1]
-    chw = normalize(np.ascontiguousarray(image)).transpose(1, 2, 0)
-    (chw,) = random_crop([chw], crop, rng, [0.0])
-    return np.ascontiguousarray(chw.transpose(2, 0, 1))
+        mask = None if mask is None else mask[:, ::-1]
+    hwc = normalize(np.ascontiguousarray(image)).transpose(1, 2, 0)
+    if mask is None:
+        (hwc,) = random_crop([hwc], crop, rng, [0.0])
+        return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    hwc, mask = random_crop([hwc, mask], crop, rng, [0.0, 255])
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1)), mask.astype(np.int64)
