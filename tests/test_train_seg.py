@@ -153,3 +153,43 @@ def test_train_seg_resume_gives_the_same_weights(toy_root, tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="configuration changed \\(lr\\)"):
         (tmp_path / "b" / "done.json").unlink()
         train_seg(_cfg(toy_root, tmp_path / "b", lr=0.5, **kw), resume=True, progress=False)
+
+
+DDP_SCRIPT = r"""
+import sys
+import torch
+from wsss.data import DataConfig
+from wsss.seg.train import TrainSegConfig, train_seg
+# dropout draws differ between processes by nature; without it one process and two must agree
+torch.nn.Dropout2d.forward = lambda self, x: x
+torch.nn.Dropout.forward = lambda self, x: x
+root, out = sys.argv[1], sys.argv[2]
+cfg = TrainSegConfig(data=DataConfig(kind="voc", root=root, split="train"), val_split=None, head="pcaa",
+                     backbone="resnet_tiny", channels=16, pool_sizes=(2,), iterations=3, batch_size=4, crop=48,
+                     base_size=64, workers=0, device="cpu", out=out)
+train_seg(cfg, progress=False)
+"""
+
+
+def test_ddp_two_processes_match_one(toy_root, tmp_path):
+    # SyncBatchNorm over the global batch + the same crops per index: two processes train like one
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp_seg.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    one = subprocess.run([sys.executable, str(script), str(toy_root), str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29541", str(script), str(toy_root), str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)

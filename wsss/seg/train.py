@@ -15,8 +15,10 @@ split is always scored against the dataset's ground truth. Outputs in ``out``:
 
 The default recipe is PCAA's (Sec. 4.2): SGD lr 0.01, momentum 0.9, weight decay
 1e-4, poly 0.9 per iteration, random scale 0.5-2, flip, photometric distortion,
-crop 512, ignore label 255. Under ``torchrun`` BatchNorm becomes SyncBatchNorm
-(``sync_bn``), so several processes train like one with the whole batch.
+crop 512, ignore label 255. Under ``torchrun`` BatchNorm normalises over the
+global batch (``sync_bn``: SyncBatchNorm on GPUs,
+:class:`wsss.engine.syncbn.GlobalBatchNorm2d` on CPUs), so several processes
+train like one with the whole batch.
 """
 from __future__ import annotations
 
@@ -33,12 +35,15 @@ from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
+from wsss.engine.syncbn import convert_sync_batchnorm
 from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image, write_json, write_text
 from wsss.seg.model import Segmenter, build_segmenter
 from wsss.seg.transforms import seg_train_transform
 
 CLASS_NAMES_FILE = "class_names.txt"
+# Loss terms that are means over labelled pixels (the others average over fixed-size tensors).
+PIXEL_MEAN_TERMS = ("seg", "aux", "coarse")
 
 
 @dataclass
@@ -153,7 +158,7 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True) 
     torch.manual_seed(cfg.seed)
     model = build_from_config(cfg, train_ds.num_classes, pretrained=cfg.pretrained)
     if cfg.sync_bn and dist.world_size() > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     model = model.to(device)
     specs = model.param_groups(lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
     optimizer = make_optimizer("sgd", [
@@ -161,11 +166,22 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True) 
         for g in specs
     ], momentum=cfg.momentum)
 
+    world = dist.world_size()
+
     def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
         x, y = batch
         outputs = net(x)
         outputs = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in outputs.items()}
-        return model.loss(outputs, y)
+        terms = model.loss(outputs, y)
+        if world == 1:
+            return terms
+        # Cross entropy averages over each process's labelled pixels, and DDP then averages over
+        # processes; reweight so the gradient is the mean over the global batch's labelled pixels.
+        valid = (y != model.ignore_index).sum().float()
+        share = valid * world / dist.all_reduce_sum(valid.clone()).clamp(min=1)
+        terms = {k: (v * share if k in PIXEL_MEAN_TERMS else v) for k, v in terms.items() if k != "loss"}
+        terms["loss"] = sum(w * terms[k] for k, w in model.loss_weights.items())
+        return terms
 
     steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
     epochs = -(-cfg.iterations // steps_per_epoch)
