@@ -16,21 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP_ENV) $(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# The demo: every stage that exists so far, on the synthetic dataset, on CPU. Each step skips or
-# resumes what a previous (interrupted) run already wrote.
-RUN  ?= runs
-WSSS  = $(BIN)/wsss
+# The demo: the whole pipeline on the built-in synthetic dataset, on CPU (wsss demo). A rerun
+# skips the steps that are complete and continues an interrupted one.
+RUN ?= runs/demo
 demo: install
-	$(WSSS) make-toy --out $(RUN)/toy
-	$(WSSS) eval --pred $(RUN)/toy/SegmentationClass --gt $(RUN)/toy/SegmentationClass --out $(RUN)/toy/eval_identity.json
-	$(WSSS) train-cls --config configs/toy_conformer.yaml --data-root $(RUN)/toy --out $(RUN)/cls_conformer --epochs 2 --resume
-	$(WSSS) extract-cam --cls-dir $(RUN)/cls_conformer --method cam --data-root $(RUN)/toy --split val --out $(RUN)/cam
-	$(WSSS) extract-cam --cls-dir $(RUN)/cls_conformer --method adcam --data-root $(RUN)/toy --split val --out $(RUN)/adcam
-	$(WSSS) eval-cam --cam-dir $(RUN)/cam --data-root $(RUN)/toy --split val
-	$(WSSS) eval-cam --cam-dir $(RUN)/adcam --data-root $(RUN)/toy --split val
-	$(WSSS) make-pseudo --cam-dir $(RUN)/adcam --refine crf --data-root $(RUN)/toy --split val --out $(RUN)/pseudo_crf
-	$(WSSS) eval --pred $(RUN)/pseudo_crf --gt $(RUN)/toy/SegmentationClass
-	$(WSSS) visualize --data-root $(RUN)/toy --split val --num 6 --cam cam=$(RUN)/cam --cam adcam=$(RUN)/adcam --mask pseudo=$(RUN)/pseudo_crf --out $(RUN)/figure.png
+	$(BIN)/wsss demo --out $(RUN)
 
 test: install
 	$(BIN)/python -m pytest -q

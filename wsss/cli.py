@@ -204,32 +204,35 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, threshold,
 @main.command("make-pseudo")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its make_pseudo section.")
 @click.option("--cam-dir", default=None, help="Folder of CAM files (.npz from extract-cam, or IRN's .npy).")
-@click.option("--refine", type=click.Choice(["none", "crf", "ir-label"]), default=None, help="none: threshold; crf: dense CRF; ir-label: IRNet's training labels [default: crf].")
+@click.option("--refine", type=click.Choice(["none", "crf", "ir-label", "irn"]), default=None, help="none: threshold; crf: dense CRF; ir-label: IRNet's training labels; irn: IR labels + IRNet + random walk [default: irn].")
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder (the images, for the CRF).")
 @click.option("--split", default=None, help="Images to process [default: train].")
 @click.option("--threshold", type=float, default=None, help="Background threshold of the seed, in [0, 1] [default: 0.25].")
 @click.option("--conf-fg", type=float, default=None, help="ir-label: confident-foreground threshold [default: 0.30].")
 @click.option("--conf-bg", type=float, default=None, help="ir-label: confident-background threshold [default: 0.05].")
+@click.option("--irn-backbone", default=None, help="irn: IRNet's frozen backbone, resnet50|resnet101|resnet_tiny [default: resnet50].")
+@click.option("--irn-weights", default=None, help="irn: local ImageNet weights of that backbone [default: none, random frozen features, with a warning].")
+@click.option("--irn-dir", default=None, help="irn: an already trained boundary net (train-irn folder) instead of training one.")
+@click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="irn: where IRNet and the walk run [default: auto].")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: 2].")
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
-def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, workers, out, overwrite) -> None:
-    """Pseudo masks from CAMs: thresholding, dense CRF, or IRNet's IR labels. Resumable."""
+def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
+                    irn_weights, irn_dir, save_scores, device, workers, out, overwrite) -> None:
+    """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
 
     cfg = load_config(MakePseudoConfig, config_path, {
         "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
         "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "out": out,
-        "overwrite": overwrite,
+        "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
+        "save_scores": save_scores, "device": device,
     }, section="make_pseudo")
     result = make_pseudo(cfg, progress=sys.stderr.isatty())
     click.echo(f"pseudo masks written to {result}")
     click.echo(f"score them: wsss eval --pred {result} --gt <ground-truth mask folder>")
-
-
-if __name__ == "__main__":
-    main()
 
 
 @main.command("train-irn")
@@ -373,3 +376,7 @@ def demo_cmd(out: str) -> None:
     from importlib.resources import files
 
     _run_recipe_cli(Path(str(files("wsss") / "recipes" / "demo.yaml")), out, (), None)
+
+
+if __name__ == "__main__":
+    main()

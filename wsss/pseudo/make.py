@@ -52,7 +52,7 @@ class MakePseudoConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     cam_dir: str = "runs/cam"
-    refine: str = "crf"
+    refine: str = "irn"
     threshold: float = 0.25
     conf_fg: float = 0.30
     conf_bg: float = 0.05
