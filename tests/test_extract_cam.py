@@ -139,3 +139,38 @@ def test_conformer_methods_cli(cls_dirs, toy_root, tmp_path, method):
     res = CliRunner().invoke(main, ["eval-cam", "--cam-dir", str(out), "--data-root", str(toy_root), "--split", "val"])
     assert res.exit_code == 0, res.output
     assert "seed mIoU" in res.output
+
+
+SHARD_SCRIPT = r"""
+import sys
+from wsss.cam.extract import ExtractCamConfig, extract_cams
+from wsss.data import DataConfig
+root, cls_dir, out = sys.argv[1:4]
+extract_cams(ExtractCamConfig(data=DataConfig(kind="voc", root=root, split="val"), cls_dir=cls_dir, method="adcam",
+                              scales=(1.0, 0.5), device="cpu", out=out), progress=False)
+"""
+
+
+def test_two_processes_share_the_images_and_write_what_one_writes(cls_dirs, toy_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cls_dir = str(cls_dirs["conformer_tiny"])
+    one = subprocess.run([sys.executable, str(script), str(toy_root), cls_dir, str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29547", str(script), str(toy_root), cls_dir, str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    files = sorted(p.name for p in (tmp_path / "one").glob("*.npz"))
+    assert len(files) == 16 and files == sorted(p.name for p in (tmp_path / "two").glob("*.npz"))
+    for name in files:
+        a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
+        np.testing.assert_array_equal(a["keys"], b["keys"])
+        np.testing.assert_allclose(a["high_res"], b["high_res"], rtol=1e-5, atol=1e-6)
