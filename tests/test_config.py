@@ -49,3 +49,18 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "out" / "config.yaml")
     again = load_config(Stage, tmp_path / "out" / "config.yaml")
     assert again == cfg
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    from wsss.cls.train import TrainClsConfig
+    from wsss.config import load_config, read_yaml
+    from wsss.seg.train import TrainSegConfig
+
+    sections = {"train_cls": TrainClsConfig, "train_seg": TrainSegConfig}
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert files
+    for path in files:
+        for section in read_yaml(path):
+            load_config(sections[section], path, section=section)
