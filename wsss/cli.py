@@ -2,6 +2,7 @@
 configuration and call one Python function per stage."""
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -9,9 +10,13 @@ import click
 
 from wsss.config import ConfigError, load_config
 from wsss.io import WsssDataError
+from wsss.models.weights import WeightsMismatchError
 
 # Errors a user can fix from the message alone: shown without a traceback.
-USER_ERRORS = (WsssDataError, ConfigError, FileNotFoundError, PermissionError)
+USER_ERRORS = (WsssDataError, ConfigError, FileNotFoundError, PermissionError, WeightsMismatchError)
+# Failures to write an output (a file where a folder should be, no permission, disk full...).
+WRITE_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                errno.EDQUOT}
 
 
 class WsssGroup(click.Group):
@@ -20,6 +25,13 @@ class WsssGroup(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as e:
             raise click.ClickException(str(e)) from e
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            raise click.ClickException(
+                f"cannot write {e.filename or 'an output'}: {e.strerror}. Choose an output folder you can write to "
+                "(and that has space); what was written before is intact and a rerun continues from it."
+            ) from e
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         # Stage order, not alphabetical: the help reads as the pipeline.

@@ -158,6 +158,10 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
     device = dist.init_distributed(cfg.device)
     train_ds = build_dataset(cfg.data)
     val_ds = build_dataset(cfg.data, split=cfg.val_split) if cfg.val_split else None
+    # every image needs a label: find a missing one now, not in the middle of an epoch
+    for ds in (train_ds, val_ds) if val_ds is not None else (train_ds,):
+        for image_id in ds.ids:
+            ds.label(image_id)
 
     torch.manual_seed(cfg.seed)
     model = build_classifier(

@@ -73,12 +73,15 @@ def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
 
     cams = load_cam(cfg.cam_dir, image_id)
     high, keys = cams["high_res"], cams["keys"] + 1
+    image = read_image(image_path)
+    if image.shape[:2] != high.shape[1:]:
+        raise WsssDataError(
+            f"CAM of '{image_id}' is {tuple(high.shape[1:])} but the image is {tuple(image.shape[:2])}: "
+            f"were the CAMs in {cfg.cam_dir} extracted from these images?"
+        )
     if cfg.refine == "none":
         mask = cam_to_mask(high, keys, cfg.threshold)
     else:
-        image = read_image(image_path)
-        if image.shape[:2] != high.shape[1:]:
-            raise ValueError(f"CAM of '{image_id}' is {high.shape[1:]} but the image is {image.shape[:2]}")
         if cfg.refine == "crf":
             mask = crf_refine_cams(image, high, keys, cfg.threshold)
         else:
