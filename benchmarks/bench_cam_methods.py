@@ -5,8 +5,8 @@ them), the same images and the same settings (IRN's scales 1.0, 0.5, 1.5, 2.0 wi
 flips by default); the script prints images per second and each method's time as
 a ratio of vanilla CAM's (the AD-CAM paper reports 2.2x for its AD-CAM), then the
 peak memory of one 500x375 image at scale 2.0 per method (CUDA: peak allocated;
-CPU: growth of the process's peak resident set, measured in a fresh process per
-method).
+CPU, Linux: the peak resident set above the one after loading the model (VmHWM reset
+through /proc/self/clear_refs), in a fresh process per method).
 
     python benchmarks/bench_cam_methods.py --model conformer_s16 --images 8
     python benchmarks/bench_cam_methods.py --model conformer_tiny --images 20 --size 128   # quick
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -61,6 +60,14 @@ def time_methods(model_name: str, n: int, size: tuple[int, int], scales: tuple[f
     return results
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def peak_memory(model_name: str, method: str, device: torch.device) -> float:
     """MiB for one 375x500 image at scale 2.0 (with flip) beyond the loaded model."""
     from wsss.cam.extract import ExtractCamConfig, compute_cams
@@ -77,9 +84,12 @@ def peak_memory(model_name: str, method: str, device: torch.device) -> float:
             torch.cuda.reset_peak_memory_stats()
             compute_cams(model, image, label, cfg, device)
             return (torch.cuda.max_memory_allocated() - base) / 2**20
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # Linux: reset the peak resident set (VmHWM) after building the model, then read it back
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
         compute_cams(model, image, label, cfg, device)
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        return (_status_kib("VmHWM") - base) / 1024
 
 
 def main() -> None:
