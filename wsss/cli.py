@@ -226,13 +226,15 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, threshold,
 @click.option("--irn-backbone", default=None, help="irn: IRNet's frozen backbone, resnet50|resnet101|resnet_tiny [default: resnet50].")
 @click.option("--irn-weights", default=None, help="irn: local ImageNet weights of that backbone [default: none, random frozen features, with a warning].")
 @click.option("--irn-dir", default=None, help="irn: an already trained boundary net (train-irn folder) instead of training one.")
+@click.option("--beta", type=float, default=None, help="irn: power of the affinities in the walk (Eq. 9) [default: 10].")
+@click.option("--exp-times", type=click.IntRange(0), default=None, help="irn: the walk takes 2^exp_times steps [default: 8].")
 @click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="irn: where IRNet and the walk run [default: auto].")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: 2].")
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
 def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
-                    irn_weights, irn_dir, save_scores, device, workers, out, overwrite) -> None:
+                    irn_weights, irn_dir, beta, exp_times, save_scores, device, workers, out, overwrite) -> None:
     """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
 
@@ -240,7 +242,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
         "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
         "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "out": out,
         "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
-        "save_scores": save_scores, "device": device,
+        "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,
     }, section="make_pseudo")
     result = make_pseudo(cfg, progress=sys.stderr.isatty())
     click.echo(f"pseudo masks written to {result}")
