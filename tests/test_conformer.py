@@ -231,11 +231,13 @@ def test_return_attn(drop_last_block):
     for a in with_attn.attn:
         assert a.shape == (2, n, n) and a.dtype == torch.float32
         assert torch.allclose(a.sum(-1), torch.ones(2, n), atol=1e-5)
+    # with the maps asked for, attention is computed explicitly instead of by the fused kernel:
+    # the same arithmetic up to float rounding
     for key in ("cnn", "cls", "tokens"):
-        assert torch.equal(getattr(plain, key), getattr(with_attn, key))
-    pooled = model.pooling(with_attn.cnn).flatten(1)
+        torch.testing.assert_close(getattr(plain, key), getattr(with_attn, key), rtol=1e-4, atol=1e-4)
+    pooled = model.pooling(plain.cnn).flatten(1)
     assert torch.equal(logits[0], model.conv_cls_head(pooled))
-    assert torch.equal(logits[1], model.trans_cls_head(with_attn.cls))
+    assert torch.equal(logits[1], model.trans_cls_head(plain.cls))
 
 
 def grads(model: Conformer, loss: torch.Tensor) -> dict[str, bool]:

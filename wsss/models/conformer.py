@@ -203,18 +203,28 @@ class Attention(nn.Module):
         """x: (B, N, D) -> (B, N, D) and, if asked, the (B, N, N) head-averaged map."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+        if not return_attn or (self.training and self.attn_drop > 0):
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+            attn = None
+            if return_attn:
+                attn = self._attention(q, k, x.device.type).mean(dim=1)
+        else:
+            # The maps are needed anyway: use them for the output too instead of a second,
+            # fused attention pass (AD-CAM's extraction cost, benchmarks/bench_cam_methods.py).
+            heads = self._attention(q, k, x.device.type)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = (heads @ v.to(heads.dtype)).to(v.dtype)
+            attn = heads.mean(dim=1)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
-        if not return_attn:
-            return out, None
-        # Autocast would push the matmul back to half precision; the map is
-        # averaged over blocks and thresholded downstream, so keep >= float32.
-        dtype = torch.promote_types(q.dtype, torch.float32)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = (q.to(dtype) * self.scale) @ k.to(dtype).transpose(-2, -1)
-            attn = logits.softmax(dim=-1).mean(dim=1)
         return out, attn
+
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, device_type: str) -> torch.Tensor:
+        """Softmaxed attention per head, (B, heads, N, N), in at least float32: autocast would
+        push the matmul back to half precision, and the maps are averaged and thresholded."""
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        with torch.autocast(device_type=device_type, enabled=False):
+            return ((q.to(dtype) * self.scale) @ k.to(dtype).transpose(-2, -1)).softmax(dim=-1)
 
 
 class Block(nn.Module):
