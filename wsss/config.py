@@ -14,11 +14,11 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
-from wsss.io import write_text
+from wsss.io import write_json, write_text
 
 T = TypeVar("T")
 
@@ -218,3 +218,25 @@ def check_output_settings(out: str | Path, settings: Mapping[str, Any], what: st
             f"{out} holds {what} made with other settings ({', '.join(changed)}); "
             "pass --overwrite to replace them or choose another --out"
         )
+
+
+def prepare_output(out: str | Path, settings: Mapping[str, Any], cfg: Any, what: str, overwrite: bool = False) -> Path:
+    """Open a resumable output folder: refuse other settings (:func:`check_output_settings`),
+    create it, record ``settings`` in ``manifest.json`` and ``cfg`` in ``config.yaml``."""
+    out = Path(out)
+    check_output_settings(out, settings, what, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MANIFEST, dict(settings))
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def pending_ids(ids: Sequence[str], out: str | Path, suffix: str, what: str, overwrite: bool = False,
+                announce: bool = True) -> list[str]:
+    """The ids whose ``out/<id><suffix>`` is not written yet (all of them with ``overwrite``);
+    says how many are already done, so a rerun reads as a continuation."""
+    out = Path(out)
+    todo = list(ids) if overwrite else [i for i in ids if not (out / f"{i}{suffix}").is_file()]
+    if announce and len(todo) < len(ids):
+        print(f"{len(ids) - len(todo)} of {len(ids)} {what} already in {out}; continuing")
+    return todo

@@ -107,6 +107,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise WsssDataError(f"cannot read image {path}: {e}. Replace or remove the file.") from e
 
 
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header, without decoding the pixels; a missing
+    or unreadable file raises :class:`WsssDataError` naming it, like :func:`read_image`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsssDataError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise WsssDataError(f"cannot read image {path}: {e}. Replace or remove the file.") from e
+
+
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a class-index mask as ``(H, W)`` uint8 (255 = ignore).
 

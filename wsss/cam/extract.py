@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from wsss.cls.models import load_trained_classifier
 from wsss.cls.transforms import normalize
-from wsss.config import MANIFEST, ConfigError, check_output_settings, save_config, to_dict
+from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
 from wsss.io import WsssDataError, atomic_write, write_json
@@ -219,14 +219,10 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     ds = build_dataset(cfg.data)
     model, _ = load_trained_classifier(cfg.cls_dir, device)
     if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / MANIFEST, manifest)
-        save_config(cfg, out / "config.yaml")
+        prepare_output(out, manifest, cfg, "CAMs", cfg.overwrite)
     dist.barrier()
-    ids = ds.ids[dist.rank() :: dist.world_size()]
-    todo = ids if cfg.overwrite else [i for i in ids if not (out / f"{i}.npz").is_file()]
-    if dist.is_main() and len(todo) < len(ids):
-        print(f"{len(ids) - len(todo)} of {len(ids)} images already done in {out}; continuing")
+    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".npz", "CAM files", cfg.overwrite,
+                       announce=dist.is_main())
     for image_id in tqdm(todo, desc=f"extract-cam {cfg.method}", disable=not (progress and dist.is_main()), unit="img"):
         sample = ds.load(image_id, with_mask=False)
         save_cam(out / f"{image_id}.npz", compute_cams(model, sample.image, sample.label, cfg, device))

@@ -15,23 +15,13 @@ holds:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class GroupSpec:
-    """An optimiser group: its parameters, base lr and schedule name."""
-
-    name: str
-    params: list[nn.Parameter]
-    lr: float
-    schedule: str
-    weight_decay: float
+from wsss.engine.loop import GroupSpec
 
 
 class ResNetCAMNet(nn.Module):

@@ -32,7 +32,7 @@ from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
-from wsss.io import WsssDataError, read_image, write_json
+from wsss.io import WsssDataError, read_image
 
 
 @dataclass
@@ -174,10 +174,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
     specs = model.param_groups(
         lr=cfg.lr, weight_decay=cfg.weight_decay, lr_transformer=cfg.lr_transformer, head_lr_mult=cfg.head_lr_mult
     )
-    optimizer = make_optimizer(cfg.optimizer, [
-        {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "schedule": g.schedule, "name": g.name}
-        for g in specs
-    ], momentum=cfg.momentum)
+    optimizer = make_optimizer(cfg.optimizer, specs, momentum=cfg.momentum)
 
     def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
         x, y, *masks = batch
@@ -195,10 +192,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
         evaluate=(lambda epoch, final: evaluate_cls(model, val_ds, device, 0, progress)) if val_ds is not None else None,
     )
     if last is not None and dist.is_main():
-        final = {"steps": last.get("step"), "weights": str(out / ckpt.WEIGHTS_NAME)}
-        final.update({k: v for k, v in last.items() if k.startswith("val_")})
-        write_json(out / "done.json", final)
         print(f"train-cls done: weights {out / ckpt.WEIGHTS_NAME}" + (
-            f", val mAP {final['val_mAP']:.2f}, F1 {final['val_F1']:.2f}" if "val_mAP" in final else ""))
+            f", val mAP {last['val_mAP']:.2f}, F1 {last['val_F1']:.2f}" if "val_mAP" in last else ""))
     dist.barrier()
     return out

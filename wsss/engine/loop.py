@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from wsss.config import ConfigError, save_config, to_dict
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.schedule import SCHEDULES
-from wsss.io import append_jsonl
+from wsss.io import append_jsonl, write_json
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -63,9 +63,21 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, power: float
         g["lr"] = g["initial_lr"] * SCHEDULES[g["schedule"]](step, total, power)
 
 
-def make_optimizer(kind: str, groups: list[dict], momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``groups``: dicts with ``params``, ``lr``, ``weight_decay``, ``schedule``, ``name``."""
-    groups = [dict(g, initial_lr=g["lr"]) for g in groups if g["params"]]
+@dataclass
+class GroupSpec:
+    """An optimiser group: its parameters, base lr and schedule name (a ``SCHEDULES`` key)."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float
+    schedule: str
+    weight_decay: float
+
+
+def make_optimizer(kind: str, specs: Sequence[GroupSpec], momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``adamw`` or ``sgd`` over the non-empty groups of ``specs``."""
+    groups = [{"params": g.params, "lr": g.lr, "initial_lr": g.lr, "weight_decay": g.weight_decay,
+               "schedule": g.schedule, "name": g.name} for g in specs if g.params]
     if kind == "adamw":
         return torch.optim.AdamW(groups)
     if kind == "sgd":
@@ -118,7 +130,8 @@ def train_loop(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any] | None:
-    """Train ``model`` until the configured number of steps; returns the last
+    """Train ``model`` until the configured number of steps, then write
+    ``done.json`` (steps, weights path, the last val figures); returns the last
     epoch's record (train loss and whatever ``evaluate`` returned), or ``None``
     when ``out`` was already complete (``done.json`` present).
 
@@ -218,7 +231,9 @@ def train_loop(
                 nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             optimizer.step()
             step += 1
-            logged = {k: float(dist.all_reduce_sum(v.detach().float()).item()) / world for k, v in terms.items()}
+            names = list(terms)
+            summed = dist.all_reduce_sum(torch.stack([terms[k].detach().float() for k in names])) / world
+            logged = dict(zip(names, summed.tolist()))
             running += logged["loss"]
             count += 1
             bar.update(1)
@@ -241,4 +256,8 @@ def train_loop(
                 append_jsonl(out / "metrics.jsonl", record)
                 tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     bar.close()
+    if main_proc:
+        final = {"steps": step, "weights": str(out / s.weights_name)}
+        final.update({k: v for k, v in last_record.items() if k.startswith("val_")})
+        write_json(out / "done.json", final)
     return last_record

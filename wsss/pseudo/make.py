@@ -30,9 +30,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wsss.cam.extract import load_cam
-from wsss.config import MANIFEST, ConfigError, check_output_settings, save_config, to_dict
+from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
-from wsss.io import WsssDataError, read_image, write_json, write_mask
+from wsss.io import WsssDataError, read_image, read_image_size, write_json, write_mask
 from wsss.metrics import cam_to_mask
 from wsss.pseudo.train_irn import TrainIrnConfig
 
@@ -73,28 +73,27 @@ def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
 
     cams = load_cam(cfg.cam_dir, image_id)
     high, keys = cams["high_res"], cams["keys"] + 1
-    image = read_image(image_path)
-    if image.shape[:2] != high.shape[1:]:
+    # the thresholded seed needs only the image's size; the CRF modes need its pixels
+    image = None if cfg.refine == "none" else read_image(image_path)
+    size = read_image_size(image_path) if image is None else image.shape[:2]
+    if tuple(size) != high.shape[1:]:
         raise WsssDataError(
-            f"CAM of '{image_id}' is {tuple(high.shape[1:])} but the image is {tuple(image.shape[:2])}: "
+            f"CAM of '{image_id}' is {tuple(high.shape[1:])} but the image is {tuple(size)}: "
             f"were the CAMs in {cfg.cam_dir} extracted from these images?"
         )
     if cfg.refine == "none":
         mask = cam_to_mask(high, keys, cfg.threshold)
+    elif cfg.refine == "crf":
+        mask = crf_refine_cams(image, high, keys, cfg.threshold)
     else:
-        if cfg.refine == "crf":
-            mask = crf_refine_cams(image, high, keys, cfg.threshold)
-        else:
-            mask = ir_label(image, high, keys, cfg.conf_fg, cfg.conf_bg)
+        mask = ir_label(image, high, keys, cfg.conf_fg, cfg.conf_bg)
     write_mask(Path(cfg.out) / f"{image_id}.png", mask)
     return image_id
 
 
 def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     """Run :func:`_one` on every image not yet in ``out`` (in ``workers`` processes)."""
-    todo = ds.ids if cfg.overwrite else [i for i in ds.ids if not (out / f"{i}.png").is_file()]
-    if len(todo) < len(ds.ids):
-        print(f"{len(ds.ids) - len(todo)} of {len(ds.ids)} masks already in {out}; continuing")
+    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     paths = [str(ds.image_path(i)) for i in todo]
     bar = tqdm(total=len(todo), desc=f"make-pseudo {cfg.refine}", disable=not progress, unit="img")
     if cfg.workers > 1 and len(todo) > 1:
@@ -126,9 +125,7 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     settings = _settings(cfg)
     check_output_settings(out, settings, "masks", cfg.overwrite)
     ds = build_dataset(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MANIFEST, settings)
-    save_config(cfg, out / "config.yaml")
+    prepare_output(out, settings, cfg, "masks", cfg.overwrite)
     if cfg.refine == "irn":
         _irn(cfg, ds, out, progress)
     else:
@@ -160,9 +157,7 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
         train_irn(irn_cfg, resume=True, progress=progress)
     device = dist.init_distributed(cfg.device)
     net = load_boundary_net(irn_dir, device)
-    todo = ds.ids if cfg.overwrite else [i for i in ds.ids if not (out / f"{i}.png").is_file()]
-    if len(todo) < len(ds.ids):
-        print(f"{len(ds.ids) - len(todo)} of {len(ds.ids)} masks already in {out}; continuing")
+    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     for image_id in tqdm(todo, desc="make-pseudo irn (walk)", disable=not progress, unit="img"):
         cams = load_cam(cfg.cam_dir, image_id)
         if "cam" not in cams:

@@ -40,8 +40,8 @@ from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
-from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
-from wsss.io import IGNORE_INDEX, WsssDataError, read_image, read_mask, write_json
+from wsss.engine.loop import GroupSpec, LoopSettings, make_optimizer, train_loop
+from wsss.io import IGNORE_INDEX, WsssDataError, read_image, read_mask
 from wsss.models.resnet import CAM_OS16, build_resnet
 from wsss.pseudo.irnet import BoundaryNet, affinity_labels, boundary_loss, edge_to_affinity, path_index
 
@@ -164,8 +164,8 @@ def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True) 
     torch.manual_seed(cfg.seed)
     model = BoundaryNet(cfg.backbone, weights=cfg.weights).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer("sgd", [{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                                         "schedule": "poly", "name": "boundary"}], momentum=cfg.momentum)
+    optimizer = make_optimizer("sgd", [GroupSpec("boundary", params, cfg.lr, "poly", cfg.weight_decay)],
+                               momentum=cfg.momentum)
 
     def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
         x, label = batch
@@ -192,7 +192,6 @@ def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True) 
     if last is None:
         return out
     if dist.is_main():
-        write_json(out / "done.json", {"steps": last.get("step"), "weights": str(out / WEIGHTS_NAME)})
         print(f"train-irn done: weights {out / WEIGHTS_NAME}. Next: wsss make-pseudo --refine irn "
               f"(boundary net from {out})")
     dist.barrier()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.cls.models import GroupSpec
+from wsss.engine.loop import GroupSpec
 from wsss.io import IGNORE_INDEX
 from wsss.seg.heads import HEADS, FCNHead, pad_to_multiple
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wsss.cls.transforms import normalize
-from wsss.config import MANIFEST, ConfigError, check_output_settings, load_config, save_config, to_dict
+from wsss.config import ConfigError, load_config, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
@@ -193,15 +193,10 @@ def predict(cfg: PredictConfig, progress: bool = True) -> Path:
     ds = build_dataset(cfg.data)
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "overwrite")}
     if dist.is_main():
-        check_output_settings(out, settings, "predictions", cfg.overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / MANIFEST, settings)
-        save_config(cfg, out / "config.yaml")
+        prepare_output(out, settings, cfg, "predictions", cfg.overwrite)
     dist.barrier()
-    mine = ds.ids[dist.rank() :: dist.world_size()]
-    todo = mine if cfg.overwrite else [i for i in mine if not (out / f"{i}.png").is_file()]
-    if dist.is_main() and len(todo) < len(mine):
-        print(f"{len(mine) - len(todo)} of {len(mine)} predictions already in {out}; continuing")
+    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".png", "predictions", cfg.overwrite,
+                       announce=dist.is_main())
     for image_id in tqdm(todo, desc="predict", disable=not (progress and dist.is_main()), unit="img"):
         image = read_image(ds.image_path(image_id))
         probs = segment(model, image, base_size=train_cfg.base_size, scales=tuple(cfg.scales), flip=cfg.flip,

@@ -37,7 +37,7 @@ from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.syncbn import convert_sync_batchnorm
 from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
-from wsss.io import WsssDataError, read_image, write_json, write_text
+from wsss.io import WsssDataError, read_image, write_text
 from wsss.seg.model import Segmenter, build_segmenter
 from wsss.seg.transforms import seg_train_transform
 
@@ -161,10 +161,7 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True) 
         model = convert_sync_batchnorm(model, device)
     model = model.to(device)
     specs = model.param_groups(lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult)
-    optimizer = make_optimizer("sgd", [
-        {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "schedule": g.schedule, "name": g.name}
-        for g in specs
-    ], momentum=cfg.momentum)
+    optimizer = make_optimizer("sgd", specs, momentum=cfg.momentum)
 
     world = dist.world_size()
 
@@ -204,12 +201,9 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True) 
         device=device, loss_fn=loss_fn, evaluate=evaluate, resume=resume, progress=progress,
     )
     if last is not None and dist.is_main():
-        final = {"steps": last.get("step"), "weights": str(out / ckpt.WEIGHTS_NAME)}
-        final.update({k: v for k, v in last.items() if k.startswith("val_")})
-        write_json(out / "done.json", final)
         msg = f"train-seg done: weights {out / ckpt.WEIGHTS_NAME}"
-        if "val_mIoU" in final:
-            msg += f", val mIoU {final['val_mIoU']:.2f} (single scale)"
+        if "val_mIoU" in last:
+            msg += f", val mIoU {last['val_mIoU']:.2f} (single scale)"
         print(msg + f". Next: wsss predict --seg-dir {out} --out <folder>")
     dist.barrier()
     return out
