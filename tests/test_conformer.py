@@ -238,6 +238,15 @@ def test_return_attn(drop_last_block):
     pooled = model.pooling(plain.cnn).flatten(1)
     assert torch.equal(logits[0], model.conv_cls_head(pooled))
     assert torch.equal(logits[1], model.trans_cls_head(plain.cls))
+    # "mean": the blocks' mean, summed as they run, and the same features
+    with torch.no_grad():
+        mean = model.forward_features(x, return_attn="mean")
+    assert len(mean.attn) == 1
+    torch.testing.assert_close(mean.attn[0], torch.stack(with_attn.attn).mean(0), rtol=1e-6, atol=1e-7)
+    for key in ("cnn", "cls", "tokens"):
+        assert torch.equal(getattr(mean, key), getattr(with_attn, key))
+    with pytest.raises(ValueError, match="return_attn"):
+        model.forward_features(x, return_attn="sum")
 
 
 def grads(model: Conformer, loss: torch.Tensor) -> dict[str, bool]:

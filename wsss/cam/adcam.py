@@ -120,6 +120,8 @@ def _block_mean(attn_maps: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tenso
         if blocks and a.shape != blocks[0].shape:
             raise ValueError(f"attn_maps[{i}] has shape {tuple(a.shape)}, block 0 has {tuple(blocks[0].shape)}")
         blocks.append(a.to(dt))
+    if len(blocks) == 1:  # already a mean (``return_attn="mean"``): no copy of the N x N map
+        return blocks[0]
     with _no_autocast(blocks[0]):
         return torch.stack(blocks, 0).mean(0)
 

@@ -68,7 +68,7 @@ def partial_cam(model: torch.nn.Module, x: torch.Tensor, cfg: "ExtractCamConfig"
 def _conformer_parts(model: torch.nn.Module, x: torch.Tensor):
     if not hasattr(model, "net") or not hasattr(model.net, "forward_features"):
         raise ConfigError("this method needs a Conformer classifier (attention maps); the checkpoint is a ResNet")
-    feats = model.net.forward_features(x, return_attn=True)
+    feats = model.net.forward_features(x, return_attn="mean")
     cam = F.relu(F.conv2d(feats.cnn, model.net.conv_cls_head.weight[:, :, None, None]))
     if cam.shape[-2:] != tuple(feats.grid):
         raise ConfigError(

@@ -90,7 +90,8 @@ class ConformerFeatures:
         attn: None unless asked for; else one (B, 1 + N, 1 + N) tensor per
             transformer block (``trans_1`` then each ``conv_trans_*``), the
             softmaxed attention averaged over heads, index 0 = cls token,
-            in float32 (float64 when the model runs in float64).
+            in float32 (float64 when the model runs in float64); with
+            ``return_attn="mean"`` a single tensor, their mean over blocks.
     """
 
     cnn: torch.Tensor
@@ -408,13 +409,17 @@ class Conformer(nn.Module):
         """The ConvTransBlocks in forward order."""
         return [getattr(self, name) for name in self._block_names]
 
-    def forward_features(self, x: torch.Tensor, return_attn: bool = False) -> ConformerFeatures:
+    def forward_features(self, x: torch.Tensor, return_attn: bool | str = False) -> ConformerFeatures:
         """x: (B, in_chans, H, W), any H, W -> :class:`ConformerFeatures`.
 
         H and W are zero-padded (bottom/right) to a multiple of
         ``pad_multiple`` because the coupling units need the CNN map to be an
         exact multiple of the token grid; ``cnn`` is cropped back to
         ceil(H / cnn_stride) x ceil(W / cnn_stride), the tokens are not.
+
+        ``return_attn``: ``True`` keeps every block's head-averaged attention map; ``"mean"``
+        returns only their mean over blocks (``attn`` is then a one-element list), summed as the
+        blocks run, which is all AD-CAM needs and keeps one N x N map in memory instead of L.
         """
         b, _, h, w = x.shape
         pad_h, pad_w = -h % self.pad_multiple, -w % self.pad_multiple
@@ -427,17 +432,25 @@ class Conformer(nn.Module):
         x_t = self.trans_patch_conv(x_base)
         grid = (x_t.shape[-2], x_t.shape[-1])
         x_t = torch.cat([self.cls_token.expand(b, -1, -1), x_t.flatten(2).transpose(1, 2)], dim=1)
-        x_t, attn = self.trans_1(x_t, return_attn)
+        if return_attn not in (False, True, "mean"):
+            raise ValueError(f"return_attn must be False, True or 'mean', got {return_attn!r}")
+        want = bool(return_attn)
+        x_t, attn = self.trans_1(x_t, want)
         attns = [attn]
         for block in self.conv_trans_blocks():
-            x, x_t, attn = block(x, x_t, detach=detach, return_attn=return_attn)
-            attns.append(attn)
+            x, x_t, attn = block(x, x_t, detach=detach, return_attn=want)
+            if return_attn == "mean":  # a running sum: one N x N map in memory, not one per block
+                attns[0] += attn
+            else:
+                attns.append(attn)
+        if return_attn == "mean":
+            attns[0] /= self.num_transformer_blocks
 
         s = self.cnn_stride
         x = x[:, :, : -(-h // s), : -(-w // s)]
         x_t = self.trans_norm(x_t)
         return ConformerFeatures(cnn=x, cls=x_t[:, 0], tokens=x_t[:, 1:], grid=grid,
-                                 attn=attns if return_attn else None)
+                                 attn=attns if want else None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, in_chans, H, W) -> (conv_logits, trans_logits), each (B, K).
