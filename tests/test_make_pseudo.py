@@ -134,3 +134,55 @@ def test_cli(toy_root, tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["eval", "--pred", str(tmp_path / "p"), "--gt", str(toy_root / "SegmentationClass")])
     assert r.exit_code == 0 and "mIoU" in r.output
+
+
+IRN_SCRIPT = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from wsss.data import DataConfig
+from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+from wsss.pseudo.train_irn import TrainIrnConfig
+root, cams, out = sys.argv[1:4]
+irn = TrainIrnConfig(backbone="resnet_tiny", batch_size=8, crop=64, radius=5, max_steps=3, workers=0)
+make_pseudo(MakePseudoConfig(data=DataConfig(root=root, split="train"), cam_dir=cams, refine="irn", irn=irn,
+                             radius=5, workers=1, device="cpu", out=out), progress=False)
+"""
+
+
+def test_refine_irn_under_torchrun_matches_one_process(toy_root, tmp_path):
+    """Two processes split the IR labels and the walk, and train IRNet with DDP: the same boundary
+    net (to float rounding) and the same masks as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    ds = _write_cams(toy_root, tmp_path / "cams", split="train")
+    script = tmp_path / "irn.py"
+    script.write_text(IRN_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    args = [str(script), str(toy_root), str(tmp_path / "cams")]
+    one = subprocess.run([sys.executable, *args, str(tmp_path / "one")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29571", *args, str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    wa = load_file(str(tmp_path / "one" / "irn" / "boundary.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "irn" / "boundary.safetensors"))
+    assert not np.allclose(wa["head.weight"].numpy(), 0)
+    for k in wa:
+        np.testing.assert_allclose(wa[k].numpy(), wb[k].numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
+    differ = total = 0
+    for image_id in ds.ids:
+        np.testing.assert_array_equal(read_mask(tmp_path / "one" / "ir_label" / f"{image_id}.png"),
+                                      read_mask(tmp_path / "two" / "ir_label" / f"{image_id}.png"))
+        a, b = read_mask(tmp_path / "one" / f"{image_id}.png"), read_mask(tmp_path / "two" / f"{image_id}.png")
+        differ += int((a != b).sum())
+        total += a.size
+    # the nets agree to float rounding, so a walk score sitting exactly on the threshold may flip
+    assert differ <= total * 1e-4, (differ, total)
+    assert (tmp_path / "two" / "done.json").is_file()

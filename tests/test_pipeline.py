@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,79 @@ def test_packaged_recipes_load():
         recipe = load_recipe(path, variables={"voc_root": "/data/VOC2012", "coco_root": "/data/coco",
                                               "weights": "/w"})
         assert recipe.steps, path
+
+
+DIST_RECIPE = """
+run_dir: unused
+steps:
+  - name: toy
+    stage: make_toy
+    settings: {size: 48, num_train: 6, num_val: 2, workers: 1}
+  - name: cls
+    stage: train_cls
+    settings: {data: {kind: voc, root: "{toy}", split: train}, val_split: null, model: resnet_tiny, epochs: 1,
+               batch_size: 4, crop: 48, resize_long: [40, 56], workers: 0, device: cpu}
+  - name: cam
+    stage: extract_cam
+    settings: {data: {kind: voc, root: "{toy}", split: train}, cls_dir: "{cls}", method: cam, scales: [1.0],
+               device: cpu}
+  - name: pseudo
+    stage: make_pseudo
+    settings: {data: {kind: voc, root: "{toy}", split: train}, cam_dir: "{cam}", refine: crf, workers: 1,
+               device: cpu}
+  - name: score
+    stage: eval
+    settings: {pred: "{pseudo}", gt: "{toy}/SegmentationClass", workers: 1}
+"""
+
+
+def test_a_recipe_under_torchrun(tmp_path):
+    """Two processes: rank 0 alone makes the dataset, evaluates and moves old folders; training,
+    extraction and pseudo masks are split over both; a rerun skips, a change reruns."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from wsss.io import read_mask
+
+    recipe, run = _write(tmp_path, DIST_RECIPE), tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+    def torchrun(path, port):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", str(port), "-m", "wsss", "run", str(path), "--out", str(run)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done.stdout
+
+    steps = ("toy", "cls", "cam", "pseudo", "score")
+
+    def decisions(said):
+        """Each step's decision lines: rank 0 alone decides and says so, once per step."""
+        return {s: re.findall(rf"^\[{s}\] (running|continuing|rerunning|complete)", said, re.M) for s in steps}
+
+    said = torchrun(recipe, 29561)
+    assert decisions(said) == {s: ["running"] for s in steps}, said
+    for step in steps:
+        assert (run / step / "done.json").is_file(), step
+    ids = (run / "toy" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    assert sorted(p.stem for p in (run / "cam").glob("*.npz")) == sorted(ids)
+    assert sorted(p.stem for p in (run / "pseudo").glob("*.png")) == sorted(ids)
+    assert json.loads((run / "score" / "eval.json").read_text())["mIoU"] >= 0
+    # the masks the two ranks wrote are those one process makes from the same CAMs
+    from wsss.data import DataConfig
+    from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+
+    one = make_pseudo(MakePseudoConfig(data=DataConfig(kind="voc", root=str(run / "toy"), split="train"),
+                                       cam_dir=str(run / "cam"), refine="crf", workers=1, device="cpu",
+                                       out=str(tmp_path / "one")), progress=False)
+    for i in ids:
+        np.testing.assert_array_equal(read_mask(one / f"{i}.png"), read_mask(run / "pseudo" / f"{i}.png"))
+
+    assert decisions(torchrun(recipe, 29562)) == {s: ["complete"] for s in steps}
+    changed = _write(tmp_path, DIST_RECIPE.replace('"{toy}/SegmentationClass", workers: 1',
+                                                   '"{toy}/SegmentationClass", workers: 2'))
+    assert decisions(torchrun(changed, 29563)) == {**{s: ["complete"] for s in steps[:-1]}, "score": ["rerunning"]}
+    assert (run / "score.old" / "eval.json").is_file() and (run / "score" / "eval.json").is_file()

@@ -347,6 +347,7 @@ def predict_cmd(config_path, seg_dir, data_kind, data_root, split, mode, scales,
 
 
 def _run_recipe_cli(recipe_path: Path, out: str | None, variables: tuple[str, ...], only: str | None) -> None:
+    from wsss.engine import dist
     from wsss.pipeline import layout, load_recipe, run_recipe
 
     values = {}
@@ -356,16 +357,21 @@ def _run_recipe_cli(recipe_path: Path, out: str | None, variables: tuple[str, ..
         k, v = item.split("=", 1)
         values[k] = v
     recipe = load_recipe(recipe_path, run_dir=out, variables=values)
-    if recipe.description:
+    if recipe.description and dist.is_main_process_env():
         click.echo(recipe.description)
-    run_recipe(recipe, progress=sys.stderr.isatty(), only=only.split(",") if only else None)
-    click.echo("\nrun directory:\n" + layout(recipe))
-    report = recipe.run_dir / "report" / "report.md"
-    if report.is_file():
-        click.echo(f"tables: {report} (and report.json)")
-    figure = recipe.run_dir / "figure" / "figure.png"
-    if figure.is_file():
-        click.echo(f"figure: {figure}")
+    try:
+        run_recipe(recipe, progress=sys.stderr.isatty(), only=only.split(",") if only else None)
+        if dist.is_main():
+            click.echo("\nrun directory:\n" + layout(recipe))
+            report = recipe.run_dir / "report" / "report.md"
+            if report.is_file():
+                click.echo(f"tables: {report} (and report.json)")
+            figure = recipe.run_dir / "figure" / "figure.png"
+            if figure.is_file():
+                click.echo(f"figure: {figure}")
+        dist.barrier()
+    finally:
+        dist.cleanup()  # every rank leaves the process group before exiting
 
 
 @main.command("run")

@@ -22,6 +22,12 @@ continued (training resumes from its checkpoint, per-image stages skip the
 images done). A step whose settings changed, or that depends on a step that
 reran, is rerun from scratch and the recipe says so; its old folder is kept
 beside it as ``<name>.old``, so nothing is lost.
+
+Under ``torchrun`` every process runs the recipe: rank 0 alone decides what
+to skip and moves old folders, the stages that split their work over
+processes (:data:`DISTRIBUTED_STAGES`) run in all of them, and the others
+(dataset generation, evaluation, figures, reports) run in rank 0 while the
+rest wait.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wsss.config import ConfigError, from_dict, read_yaml
+from wsss.engine import dist
 from wsss.io import write_json, write_text
 
 STEP_FILE = "recipe_step.json"
@@ -158,6 +165,10 @@ STAGES: dict[str, Callable[[dict, Path, bool], None]] = {
 }
 
 
+DISTRIBUTED_STAGES = frozenset({"train_cls", "extract_cam", "make_pseudo", "train_seg", "predict"})
+"""Stages that use every ``torchrun`` process (DDP training or images split over ranks)."""
+
+
 @dataclass
 class Step:
     name: str
@@ -258,7 +269,10 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None 
     """Run the recipe's steps in order (``only``: just these, plus nothing else);
     returns each step's state: ``skipped``, ``ran`` or ``reran``."""
     check_requirements(recipe)
-    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    _init_distributed(recipe)
+    main = dist.is_main()
+    if main:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
     deps = _dependencies(recipe)
     prints: dict[str, str] = {}
     states: dict[str, str] = {}
@@ -268,33 +282,52 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None 
         prints[step.name] = fp
         if only and step.name not in only:
             continue
-        record = out / STEP_FILE
-        old = json.loads(record.read_text()) if record.is_file() else None
-        if old and old.get("fingerprint") == fp and (out / "done.json").is_file():
-            print(f"[{step.name}] complete, skipped ({out})")
-            states[step.name] = "skipped"
+        state = _prepare_step(step, out, fp, deps, states) if main else None
+        states[step.name] = state = dist.broadcast_object(state)
+        if state == "skipped":
             continue
-        if old and old.get("fingerprint") != fp:
-            changed = [d for d in sorted(deps[step.name]) if states.get(d) in ("ran", "reran")]
-            why = f"it reads {', '.join(changed)}, which ran again" if changed else "its settings changed"
-            backup = out.with_name(out.name + ".old")
-            if backup.exists():
-                shutil.rmtree(backup)
-            out.rename(backup)
-            print(f"[{step.name}] rerunning from scratch: {why} (previous outputs kept in {backup})")
-            states[step.name] = "reran"
-        else:
-            verb = "continuing" if out.exists() else "running"
-            print(f"[{step.name}] {verb}: {step.stage} -> {out}")
-            states[step.name] = "ran"
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(record, {"fingerprint": fp, "stage": step.stage, "settings": step.settings})
         t0 = time.time()
-        STAGES[step.stage](step.settings, out, progress)
-        if not (out / "done.json").is_file():
-            write_json(out / "done.json", {"stage": step.stage})
-        print(f"[{step.name}] done in {time.time() - t0:.0f} s")
+        if main or step.stage in DISTRIBUTED_STAGES:
+            STAGES[step.stage](step.settings, out, progress and main)
+        dist.barrier()
+        if main:
+            if not (out / "done.json").is_file():
+                write_json(out / "done.json", {"stage": step.stage})
+            print(f"[{step.name}] done in {time.time() - t0:.0f} s")
     return states
+
+
+def _prepare_step(step: Step, out: Path, fp: str, deps: dict[str, set[str]], states: dict[str, str]) -> str:
+    """Decide whether ``step`` is skipped, run or rerun (moving its old folder aside), say so,
+    and record its fingerprint; rank 0 only."""
+    record = out / STEP_FILE
+    old = json.loads(record.read_text()) if record.is_file() else None
+    if old and old.get("fingerprint") == fp and (out / "done.json").is_file():
+        print(f"[{step.name}] complete, skipped ({out})")
+        return "skipped"
+    if old and old.get("fingerprint") != fp:
+        changed = [d for d in sorted(deps[step.name]) if states.get(d) in ("ran", "reran")]
+        why = f"it reads {', '.join(changed)}, which ran again" if changed else "its settings changed"
+        backup = out.with_name(out.name + ".old")
+        if backup.exists():
+            shutil.rmtree(backup)
+        out.rename(backup)
+        print(f"[{step.name}] rerunning from scratch: {why} (previous outputs kept in {backup})")
+        state = "reran"
+    else:
+        verb = "continuing" if out.exists() else "running"
+        print(f"[{step.name}] {verb}: {step.stage} -> {out}")
+        state = "ran"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(record, {"fingerprint": fp, "stage": step.stage, "settings": step.settings})
+    return state
+
+
+def _init_distributed(recipe: Recipe) -> None:
+    """Under ``torchrun``, start the process group the stages will share: gloo when every step
+    that names a device says cpu, else the default for this machine (NCCL on GPUs)."""
+    devices = {s.settings.get("device", "auto") for s in recipe.steps if s.stage in DISTRIBUTED_STAGES}
+    dist.init_distributed("cpu" if devices == {"cpu"} else "auto")
 
 
 def layout(recipe: Recipe) -> str:

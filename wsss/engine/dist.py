@@ -42,6 +42,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def is_main_process_env() -> bool:
+    """Rank 0 by ``torchrun``'s environment (``RANK``), before the process group starts."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()
@@ -67,6 +72,15 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (a picklable value); the value itself when not distributed."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def cleanup() -> None:

@@ -18,7 +18,8 @@ Modes (``refine``):
 
 Masks are palette PNGs (``<id>.png``) written atomically; images already done
 are skipped, so an interrupted run continues. CPU-bound work runs in
-``workers`` processes.
+``workers`` processes. Under ``torchrun`` the images are split over the ranks
+(each still uses its ``workers``) and IRNet trains with DDP.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from wsss.cam.extract import load_cam
 from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
+from wsss.engine import dist
 from wsss.io import WsssDataError, read_image, read_image_size, write_json, write_mask
 from wsss.metrics import cam_to_mask
 from wsss.pseudo.train_irn import TrainIrnConfig
@@ -92,10 +94,13 @@ def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
 
 
 def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
-    """Run :func:`_one` on every image not yet in ``out`` (in ``workers`` processes)."""
-    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
+    """Run :func:`_one` on every image not yet in ``out`` (in ``workers`` processes; under
+    ``torchrun`` each rank takes every ``world``-th image, and all wait for the last)."""
+    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".png", "masks", cfg.overwrite,
+                       announce=dist.is_main())
     paths = [str(ds.image_path(i)) for i in todo]
-    bar = tqdm(total=len(todo), desc=f"make-pseudo {cfg.refine}", disable=not progress, unit="img")
+    bar = tqdm(total=len(todo), desc=f"make-pseudo {cfg.refine}", disable=not (progress and dist.is_main()),
+               unit="img")
     if cfg.workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(cfg.workers) as pool:
             for _ in pool.map(partial(_one, cfg=cfg), todo, paths, chunksize=4):
@@ -105,6 +110,7 @@ def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
             _one(image_id, path, cfg)
             bar.update(1)
     bar.close()
+    dist.barrier()
 
 
 def _settings(cfg: MakePseudoConfig) -> dict:
@@ -125,14 +131,19 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     settings = _settings(cfg)
     check_output_settings(out, settings, "masks", cfg.overwrite)
     ds = build_dataset(cfg.data)
-    prepare_output(out, settings, cfg, "masks", cfg.overwrite)
+    dist.init_distributed(cfg.device)
+    if dist.is_main():
+        prepare_output(out, settings, cfg, "masks", cfg.overwrite)
+    dist.barrier()
     if cfg.refine == "irn":
         _irn(cfg, ds, out, progress)
     else:
         _map_images(cfg, ds, out, progress)
-    write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
-    print(f"make-pseudo done: {len(ds.ids)} masks in {out}. Next: wsss eval --pred {out} --gt <ground truth>, "
-          f"or wsss train-seg --masks {out}")
+    if dist.is_main():
+        write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
+        print(f"make-pseudo done: {len(ds.ids)} masks in {out}. Next: wsss eval --pred {out} --gt <ground truth>, "
+              f"or wsss train-seg --masks {out}")
+    dist.barrier()
     return out
 
 
@@ -141,7 +152,6 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     import numpy as np
     import torch
 
-    from wsss.engine import dist
     from wsss.io import atomic_write, write_gray
     from wsss.pseudo.irnet import infer_boundary
     from wsss.pseudo.random_walk import irn_postprocess, propagate
@@ -157,8 +167,9 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
         train_irn(irn_cfg, resume=True, progress=progress)
     device = dist.init_distributed(cfg.device)
     net = load_boundary_net(irn_dir, device)
-    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
-    for image_id in tqdm(todo, desc="make-pseudo irn (walk)", disable=not progress, unit="img"):
+    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".png", "masks", cfg.overwrite,
+                       announce=dist.is_main())
+    for image_id in tqdm(todo, desc="make-pseudo irn (walk)", disable=not (progress and dist.is_main()), unit="img"):
         cams = load_cam(cfg.cam_dir, image_id)
         if "cam" not in cams:
             raise WsssDataError(f"CAM file of '{image_id}' has no stride-4 'cam' map, which the random walk needs")
@@ -184,3 +195,4 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
                          lambda tmp: np.savez_compressed(tmp, keys=cams["keys"], scores=scores))
         # the mask last: its presence marks the image done
         write_mask(out / f"{image_id}.png", mask)
+    dist.barrier()
