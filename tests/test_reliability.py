@@ -58,6 +58,18 @@ def test_a_mask_with_a_class_id_beyond_the_class_count(toy_copy, tmp_path):
     assert "40" in out and not (tmp_path / "e.json").exists()
 
 
+def test_a_prediction_with_unknown_pixels(toy_copy, tmp_path):
+    ds = VOCDataset(toy_copy, "val")
+    pred = tmp_path / "ir_label"
+    shutil.copytree(toy_copy / "SegmentationClass", pred)
+    mask = ds.load(ds.ids[1]).mask.copy()
+    mask[mask == 0] = 255  # as in an IR label: unknown pixels, here where the ground truth is background
+    write_mask(pred / f"{ds.ids[1]}.png", mask)
+    out = _run(["eval", "--pred", str(pred), "--gt", str(toy_copy / "SegmentationClass"),
+                "--out", str(tmp_path / "e.json")])
+    assert ds.ids[1] in out and "255" in out and "unknown" in out and not (tmp_path / "e.json").exists()
+
+
 def _folder_dataset(root, labels_csv):
     (root / "images").mkdir(parents=True)
     from wsss.io import write_image

@@ -91,6 +91,12 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
         bad = np.unique(gt[(gt >= k) & (gt != IGNORE_INDEX)])
         if bad.size:
             raise WsssDataError(f"ground truth '{image_id}' holds class id(s) {bad.tolist()} beyond the {k} classes")
+        bad = np.unique(pred[(pred >= k) & (gt != IGNORE_INDEX)])
+        if bad.size:
+            hint = (" (255 marks unknown pixels, as in IR labels: only complete masks can be scored)"
+                    if IGNORE_INDEX in bad.tolist() else "")
+            raise WsssDataError(f"prediction '{image_id}' in {pred_dir} holds class id(s) {bad.tolist()} beyond "
+                                f"the {k} classes of {gt_dir}{hint}")
         return gt, pred
 
     with ThreadPoolExecutor(max(1, cfg.workers)) as pool:
