@@ -6,6 +6,14 @@ shifted by a few pixels, written as CAM files (stride-4 ``cam`` and full-size ``
 Then the whole IRN path runs (IR labels, IRNet trained on them, random walk) and the seeds and
 pseudo masks are scored against the ground truth, side by side.
 
+Two diagnostics separate the boundary net from the walk:
+
+* the learned boundary map's mean on the ground truth's class edges against its mean elsewhere
+  (stride-4 cells whose 4x4 block holds more than one label, the 255 outline included);
+* "oracle" rows: the same walk and post-processing (IRN's defaults) with the boundary map replaced
+  by ``s`` on those edge cells and 0 elsewhere, for a few strengths ``s``. They say what the walk
+  does with the seeds when the boundaries are right.
+
     python benchmarks/irn_on_blurred_seeds.py --data-root runs/demo/toy --weights runs/demo/cls_resnet/model.safetensors
 """
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 
 def main() -> None:
@@ -29,14 +38,21 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=4)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--irn-dir", default=None, help="reuse this trained boundary net (skips IR labels and training)")
+    ap.add_argument("--oracle", type=float, nargs="*", default=[0.5, 0.7, 0.9],
+                    help="boundary strengths of the oracle rows (none: skip them)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
     from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
-    from wsss.cam.extract import save_cam
+    from wsss.cam.extract import load_cam, save_cam
+    from wsss.config import load_config
     from wsss.data import DataConfig, build_dataset
     from wsss.evaluate import EvalConfig, evaluate_folders
+    from wsss.io import read_mask, write_mask
+    from wsss.pseudo.irnet import affinity_labels, boundary_loss, edge_to_affinity, path_index
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+    from wsss.pseudo.random_walk import irn_postprocess, propagate
     from wsss.pseudo.train_irn import TrainIrnConfig
 
     data = DataConfig(kind="voc", root=args.data_root, split=args.split)
@@ -61,17 +77,64 @@ def main() -> None:
     seed = evaluate_cams(EvalCamConfig(data=data, cam_dir=str(cams), workers=2), progress=False)
     irn = TrainIrnConfig(backbone=args.backbone, weights=args.weights, batch_size=16, crop=args.crop,
                          epochs=args.epochs, workers=1)
-    pseudo = make_pseudo(MakePseudoConfig(data=data, cam_dir=str(cams), refine="irn", irn=irn, device="cpu",
-                                          out=str(out / "pseudo")), progress=False)
-    pl = evaluate_folders(EvalConfig(pred=str(pseudo), gt=str(Path(args.data_root) / "SegmentationClass"),
-                                     workers=2), progress=False)
+    pseudo = make_pseudo(MakePseudoConfig(data=data, cam_dir=str(cams), refine="irn", irn=irn, irn_dir=args.irn_dir,
+                                          device="cpu", out=str(out / "pseudo")), progress=False)
+    gt = str(Path(args.data_root) / "SegmentationClass")
+    pl = evaluate_folders(EvalConfig(pred=str(pseudo), gt=gt, workers=2), progress=False)
+
+    # the learned boundary on the true class edges and elsewhere; IRNet's loss of the learned and
+    # the true boundaries on the IR labels it trained on (whole images, radius 10); the oracle walks
+    on_edge, off_edge = [], []
+    oracle_dirs = {s: out / f"oracle_{s:g}" for s in args.oracle}
+    index = path_index(10)
+    losses: dict[str, list[float]] = {}
+    ir_dir = Path(load_config(TrainIrnConfig, Path(args.irn_dir or pseudo / "irn") / "config.yaml").ir_labels)
+    for image_id in ds.ids:
+        mask = ds.load(image_id).mask
+        edge = class_edges(mask)
+        learned = cv2.imread(str(pseudo / "boundary" / f"{image_id}.png"), cv2.IMREAD_GRAYSCALE) / 255.0
+        on_edge.append(learned[edge])
+        off_edge.append(learned[~edge])
+        if (ir_dir / f"{image_id}.png").is_file():
+            label = torch.from_numpy(read_mask(ir_dir / f"{image_id}.png")[::4, ::4].astype(np.int64))[None]
+            pairs = affinity_labels(label, index)
+            maps = {"learned": learned, **{f"true class edges at {s:g}": edge * s for s in args.oracle}}
+            for name, b in maps.items():
+                aff = edge_to_affinity(torch.from_numpy(np.asarray(b, np.float32))[None, None], index)
+                losses.setdefault(name, []).append(float(boundary_loss(aff, *pairs)["loss"]))
+        seed_cam = load_cam(cams, image_id)
+        for strength, folder in oracle_dirs.items():
+            boundary = torch.from_numpy(edge * strength)
+            rw = propagate(torch.from_numpy(seed_cam["cam"]).double(), boundary)
+            write_mask(folder / f"{image_id}.png", irn_postprocess(rw, seed_cam["keys"], mask.shape))
+    on_edge, off_edge = np.concatenate(on_edge), np.concatenate(off_edge)
+
     b = seed.best
     print(f"\nblur sigma {args.blur} px, shift <= {args.shift} px, {len(ds)} images, IRNet {args.backbone}\n")
     print("| | mIoU | FP | FN |\n| --- | ---: | ---: | ---: |")
     print(f"| seeds (best threshold {seed.best_threshold:.2f}) | {100 * b.miou:.2f} | {100 * b.mean_fp:.2f} | "
           f"{100 * b.mean_fn:.2f} |")
-    print(f"| IRN pseudo masks | {100 * pl.miou:.2f} | {100 * pl.mean_fp:.2f} | {100 * pl.mean_fn:.2f} |")
+    print(f"| IRN pseudo masks (learned boundaries) | {100 * pl.miou:.2f} | {100 * pl.mean_fp:.2f} | "
+          f"{100 * pl.mean_fn:.2f} |")
+    for strength, folder in oracle_dirs.items():
+        r = evaluate_folders(EvalConfig(pred=str(folder), gt=gt, workers=2), progress=False)
+        print(f"| same walk, true class edges at {strength:g} | {100 * r.miou:.2f} | {100 * r.mean_fp:.2f} | "
+              f"{100 * r.mean_fn:.2f} |")
+    print(f"\nlearned boundary: mean {on_edge.mean():.3f} on true class edges ({100 * on_edge.size / (on_edge.size + off_edge.size):.0f}% "
+          f"of cells), {off_edge.mean():.3f} elsewhere (90th percentile {np.percentile(off_edge, 90):.3f})")
+    if losses:
+        print(f"IRNet's loss on the IR labels ({ir_dir}), mean over images: "
+              + ", ".join(f"{name} {np.mean(v):.3f}" for name, v in losses.items()))
     print(f"\noutputs in {out}")
+
+
+def class_edges(mask: np.ndarray) -> np.ndarray:
+    """Stride-4 cells (``ceil(H/4) x ceil(W/4)``) whose 4x4 block holds more than one label."""
+    h, w = mask.shape
+    h4, w4 = math.ceil(h / 4), math.ceil(w / 4)
+    padded = np.pad(mask, ((0, 4 * h4 - h), (0, 4 * w4 - w)), mode="edge")
+    blocks = padded.reshape(h4, 4, w4, 4).transpose(0, 2, 1, 3).reshape(h4, w4, 16)
+    return blocks.min(-1) != blocks.max(-1)
 
 
 if __name__ == "__main__":

@@ -235,3 +235,41 @@ def test_walk_cuda_matches_cpu():
     gpu = random_walk(x.cuda(), aff.cuda())
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-12)
+
+
+def test_a_closed_boundary_confines_the_walk():
+    """Eq. 9's point: the walk spreads a class only where no boundary separates. With a closed
+    ring of boundary 1 every path across it has affinity 0, so the values inside the ring depend
+    only on the seed inside and those outside only on the seed outside. A seed blurred across the
+    ring comes back as the ring's interior after IRN's post-processing (the part that leaked out is
+    averaged over the whole large outside), where thresholding the seed spills over the ring."""
+    h = w = 28
+    b = torch.zeros(h, w, dtype=torch.float64)
+    b[3, 3:12] = b[11, 3:12] = b[3:12, 3] = b[3:12, 11] = 1.0  # ring around rows/cols 4..10
+    ring = b > 0
+    inside = torch.zeros(h, w, dtype=torch.bool)
+    inside[4:11, 4:11] = True
+    outside = ~inside & ~ring
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    seed = torch.exp(-((yy - 7.0) ** 2 + (xx - 7.0) ** 2) / (2 * 3.5**2)).double()[None]
+    x = seed * (1 - b)
+    aff = boundary_to_affinity(b)
+    rw = random_walk(x, aff)
+    assert torch.equal(rw[0][ring], torch.zeros(int(ring.sum()), dtype=torch.float64))  # isolated, x = 0 there
+    noise = torch.rand(h, w, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for region in (inside, outside):
+        other = x.clone()
+        other[0][~region] = noise[~region]  # change every seed value off the region
+        torch.testing.assert_close(random_walk(other, aff)[0][region], rw[0][region], rtol=1e-12, atol=0)
+    # 256 steps flatten the interior to one level: within 1% of its own maximum
+    assert rw[0][inside].min() > 0.99 * rw[0][inside].max()
+    # IRN's post-processing: the class fills the interior, everything else is background
+    lab = irn_postprocess(rw, [6], (4 * h, 4 * w))
+    want = np.zeros((4 * h, 4 * w), np.uint8)
+    want[18:42, 18:42] = 7  # interior cells 4..10 at stride 4, less the half cells bilinear blends
+    core = want == 7
+    assert (lab[core] == 7).all()
+    assert (lab[:10] == 0).all() and (lab[:, :10] == 0).all() and (lab[:, 50:] == 0).all() and (lab[50:] == 0).all()
+    # thresholding the seed at the same 0.25 instead spills over the ring
+    spill = (seed[0] / seed.max() > 0.25) & outside
+    assert int(spill.sum()) > 10, int(spill.sum())
