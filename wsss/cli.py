@@ -190,11 +190,12 @@ def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, out) -> None
 @click.option("--ids", default=None, help="Comma-separated image ids [default: the split's first --num].")
 @click.option("--num", type=click.IntRange(1), default=6, help="Images when --ids is not given.")
 @click.option("--cam", "cams", multiple=True, help="NAME=DIR of a CAM folder (repeatable), e.g. --cam adcam=runs/adcam.")
-@click.option("--mask", "masks", multiple=True, help="NAME=DIR of a mask folder (repeatable), e.g. --mask pseudo=runs/pseudo.")
+@click.option("--mask", "masks", multiple=True, help="NAME=DIR of a mask folder (repeatable), e.g. --mask pseudo=runs/pseudo or --mask ir=runs/pseudo/ir_label.")
+@click.option("--boundary", "boundaries", multiple=True, help="NAME=DIR of a boundary-map folder (repeatable), e.g. --boundary irn=runs/pseudo/boundary.")
 @click.option("--threshold", type=float, default=0.25, help="Background threshold of the seed masks shown.")
 @click.option("--out", required=True, help="PNG file to write.")
-def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, threshold, out) -> None:
-    """PNG grid per image: image, CAM heatmap per class, seed mask, other masks, ground truth."""
+def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries, threshold, out) -> None:
+    """PNG grid per image: image, CAM heatmap per class, seed mask, boundary maps, other masks, ground truth."""
     from wsss.data import DataConfig, build_dataset
     from wsss.viz import cam_grid
 
@@ -209,7 +210,8 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, threshold,
 
     ds = build_dataset(DataConfig(kind=data_kind, root=data_root, split=split))
     chosen = ids.split(",") if ids else ds.ids[:num]
-    path = cam_grid(ds, chosen, out, cam_dirs=pairs(cams, "cam"), mask_dirs=pairs(masks, "mask"), threshold=threshold)
+    path = cam_grid(ds, chosen, out, cam_dirs=pairs(cams, "cam"), mask_dirs=pairs(masks, "mask"),
+                    boundary_dirs=pairs(boundaries, "boundary"), threshold=threshold)
     click.echo(f"figure written to {path}")
 
 

@@ -108,7 +108,7 @@ def _figure(settings: dict, out: Path, progress: bool) -> None:
     ds = build_dataset(from_dict(DataConfig, settings["data"]))
     ids = settings.get("ids") or ds.ids[: settings.get("num", 4)]
     cam_grid(ds, ids, out / "figure.png", cam_dirs=settings.get("cams", {}), mask_dirs=settings.get("masks", {}),
-             threshold=settings.get("threshold", 0.25))
+             boundary_dirs=settings.get("boundaries", {}), threshold=settings.get("threshold", 0.25))
     print(f"figure: {out / 'figure.png'}")
 
 
