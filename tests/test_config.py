@@ -64,3 +64,18 @@ def test_every_shipped_config_loads():
     for path in files:
         for section in read_yaml(path):
             load_config(sections[section], path, section=section)
+
+
+def test_a_stage_reads_its_own_saved_config_and_refuses_a_file_without_its_section(tmp_path):
+    from wsss.pseudo.make import MakePseudoConfig
+
+    saved = MakePseudoConfig(cam_dir="runs/x", refine="crf", threshold=0.4)
+    save_config(saved, tmp_path / "config.yaml")  # what make-pseudo leaves in its output folder
+    back = load_config(MakePseudoConfig, tmp_path / "config.yaml", overrides={"threshold": 0.5},
+                       section="make_pseudo")
+    assert (back.cam_dir, back.refine, back.threshold) == ("runs/x", "crf", 0.5)
+    (tmp_path / "recipe.yaml").write_text("train_cls:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="no 'make_pseudo' section"):
+        load_config(MakePseudoConfig, tmp_path / "recipe.yaml", section="make_pseudo")
+    (tmp_path / "both.yaml").write_text("make_pseudo:\n  threshold: 0.3\ntrain_cls:\n  epochs: 3\n")
+    assert load_config(MakePseudoConfig, tmp_path / "both.yaml", section="make_pseudo").threshold == 0.3

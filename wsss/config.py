@@ -167,13 +167,22 @@ def load_config(
     unset command-line options keep the file's value), then the dataclass defaults.
 
     ``section``: when the file holds several stages' settings (a recipe), read
-    only that top-level key.
+    only that top-level key. A file without that key is read whole when its keys
+    are settings of ``cls`` (the ``config.yaml`` a stage saves in its output
+    folder), and refused otherwise, so a wrong file is never silently ignored.
     """
     data: dict = {}
     if path is not None:
         data = read_yaml(path)
         if section is not None:
-            data = data.get(section, {}) or {}
+            if section in data:
+                data = data[section] or {}
+            elif data and not set(data) & {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(
+                    f"{path} has no '{section}' section (it has {', '.join(sorted(data))}) and is not a "
+                    f"{section} config: point --config at a file with a '{section}:' section, or at the "
+                    f"config.yaml a {section} run saved"
+                )
     data = _deep_copy(data)
     for key, value in (overrides or {}).items():
         if value is not None:
