@@ -134,6 +134,18 @@ def test_cli(toy_root, tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["eval", "--pred", str(tmp_path / "p"), "--gt", str(toy_root / "SegmentationClass")])
     assert r.exit_code == 0 and "mIoU" in r.output
+    # the IRN path from the command line, with IRNet's training size set by options
+    r = CliRunner().invoke(main, ["make-pseudo", "--cam-dir", str(tmp_path / "cams"), "--refine", "irn",
+                                  "--data-root", str(toy_root), "--split", "val", "--irn-backbone", "resnet_tiny",
+                                  "--irn-epochs", "1", "--irn-batch-size", "8", "--irn-crop", "96", "--device", "cpu",
+                                  "--workers", "1", "--out", str(tmp_path / "irn")])
+    assert r.exit_code == 0, r.output
+    from wsss.config import load_config
+    from wsss.pseudo.train_irn import TrainIrnConfig
+
+    irn = load_config(TrainIrnConfig, tmp_path / "irn" / "irn" / "config.yaml")
+    assert (irn.epochs, irn.batch_size, irn.crop, irn.backbone) == (1, 8, 96, "resnet_tiny")
+    assert len(list((tmp_path / "irn").glob("*.png"))) == 16
 
 
 IRN_SCRIPT = """

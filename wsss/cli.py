@@ -228,6 +228,9 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--irn-backbone", default=None, help="irn: IRNet's frozen backbone, resnet50|resnet101|resnet_tiny [default: resnet50].")
 @click.option("--irn-weights", default=None, help="irn: local ImageNet weights of that backbone [default: none, random frozen features, with a warning].")
 @click.option("--irn-dir", default=None, help="irn: an already trained boundary net (train-irn folder) instead of training one.")
+@click.option("--irn-epochs", type=click.IntRange(1), default=None, help="irn: IRNet training epochs [default: 3].")
+@click.option("--irn-batch-size", type=click.IntRange(1), default=None, help="irn: IRNet global batch, images [default: 32].")
+@click.option("--irn-crop", type=click.IntRange(16), default=None, help="irn: IRNet training crop side, pixels [default: 512].")
 @click.option("--beta", type=float, default=None, help="irn: power of the affinities in the walk (Eq. 9) [default: 10].")
 @click.option("--exp-times", type=click.IntRange(0), default=None, help="irn: the walk takes 2^exp_times steps [default: 8].")
 @click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
@@ -236,7 +239,8 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
 def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
-                    irn_weights, irn_dir, beta, exp_times, save_scores, device, workers, out, overwrite) -> None:
+                    irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, beta, exp_times, save_scores, device,
+                    workers, out, overwrite) -> None:
     """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
 
@@ -244,6 +248,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
         "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
         "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "out": out,
         "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
+        "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop,
         "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,
     }, section="make_pseudo")
     result = make_pseudo(cfg, progress=sys.stderr.isatty())
