@@ -247,6 +247,10 @@ def test_return_attn(drop_last_block):
         assert torch.equal(getattr(mean, key), getattr(with_attn, key))
     with pytest.raises(ValueError, match="return_attn"):
         model.forward_features(x, return_attn="sum")
+    # with autograd on, the mean is differentiable (no in-place update of a map it saved)
+    grad_mean = model.forward_features(x, return_attn="mean").attn[0]
+    grad_mean.sum().backward()
+    torch.testing.assert_close(grad_mean.detach(), mean.attn[0], rtol=1e-6, atol=1e-7)
 
 
 def grads(model: Conformer, loss: torch.Tensor) -> dict[str, bool]:
