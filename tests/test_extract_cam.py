@@ -13,7 +13,8 @@ from wsss.cls.models import load_trained_classifier
 from wsss.cls.train import TrainClsConfig, train_cls
 from wsss.cls.transforms import normalize
 from wsss.config import ConfigError
-from wsss.data import DataConfig
+from wsss.data import DataConfig, VOCDataset
+from wsss.io import read_mask
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,53 @@ def test_irn_npy_files_are_read(tmp_path):
         load_cam(tmp_path, "bad")
 
 
+def test_irn_format_is_what_irn_writes_and_holds_the_same_cams(cls_dirs, toy_root, tmp_path):
+    """--format irn: <id>.npy holding IRN make_cam's dict (cam a CPU torch tensor, as IRN's
+    make_sem_seg_labels needs), the same values as the .npz files; later stages read either."""
+    from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+
+    data = DataConfig(kind="voc", root=str(toy_root), split="val")
+    base = dict(data=data, cls_dir=str(cls_dirs["resnet_tiny"]), method="cam", scales=(1.0,), device="cpu")
+    npz = extract_cams(ExtractCamConfig(**base, out=str(tmp_path / "npz")), progress=False)
+    irn = extract_cams(ExtractCamConfig(**base, file_format="irn", out=str(tmp_path / "irn")), progress=False)
+    ids = VOCDataset(toy_root, "val").ids
+    assert sorted(p.stem for p in irn.glob("*.npy")) == sorted(ids) and not list(irn.glob("*.npz"))
+    for image_id in ids:
+        d = np.load(irn / f"{image_id}.npy", allow_pickle=True).item()
+        assert set(d) == {"keys", "cam", "high_res"}
+        assert isinstance(d["cam"], torch.Tensor) and d["cam"].device.type == "cpu"
+        assert isinstance(d["high_res"], np.ndarray) and d["keys"].dtype == np.int64
+        want = load_cam(npz, image_id)
+        np.testing.assert_array_equal(d["keys"], want["keys"])
+        np.testing.assert_array_equal(d["cam"].numpy(), want["cam"])
+        np.testing.assert_array_equal(d["high_res"], want["high_res"])
+    masks = {}
+    for name, folder in (("npz", npz), ("irn", irn)):
+        masks[name] = make_pseudo(MakePseudoConfig(data=data, cam_dir=str(folder), refine="none", workers=1,
+                                                   out=str(tmp_path / f"m_{name}")), progress=False)
+    for image_id in ids:
+        np.testing.assert_array_equal(read_mask(masks["npz"] / f"{image_id}.png"),
+                                      read_mask(masks["irn"] / f"{image_id}.png"))
+    # a rerun resumes on the .npy files; switching the format in the same folder is refused
+    (irn / f"{ids[0]}.npy").unlink()
+    extract_cams(ExtractCamConfig(**base, file_format="irn", out=str(irn)), progress=False)
+    assert (irn / f"{ids[0]}.npy").is_file()
+    with pytest.raises(ConfigError, match="other settings \\(file_format\\)"):
+        extract_cams(ExtractCamConfig(**base, out=str(irn)), progress=False)
+    # a folder written before the option existed (no file_format in its manifest) holds .npz files
+    import json
+
+    manifest = json.loads((npz / "manifest.json").read_text())
+    del manifest["file_format"]
+    (npz / "manifest.json").write_text(json.dumps(manifest))
+    (npz / f"{ids[0]}.npz").unlink()
+    extract_cams(ExtractCamConfig(**base, out=str(npz)), progress=False)
+    assert (npz / f"{ids[0]}.npz").is_file()
+    (npz / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="other settings \\(file_format\\)"):
+        extract_cams(ExtractCamConfig(**base, file_format="irn", out=str(npz)), progress=False)
+
+
 def test_extract_is_resumable_and_guards_settings(cls_dirs, toy_root, tmp_path):
     out = tmp_path / "cams"
     cfg = ExtractCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"), cls_dir=str(cls_dirs["resnet_tiny"]),
@@ -144,7 +192,8 @@ def test_conformer_methods_cli(cls_dirs, toy_root, tmp_path, method):
 SHARD_SCRIPT = r"""
 import sys
 from wsss.cam.extract import ExtractCamConfig, extract_cams
-from wsss.data import DataConfig
+from wsss.data import DataConfig, VOCDataset
+from wsss.io import read_mask
 root, cls_dir, out = sys.argv[1:4]
 extract_cams(ExtractCamConfig(data=DataConfig(kind="voc", root=root, split="val"), cls_dir=cls_dir, method="adcam",
                               scales=(1.0, 0.5), device="cpu", out=out), progress=False)

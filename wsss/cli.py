@@ -143,9 +143,11 @@ def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pr
 @click.option("--steps", type=click.IntRange(0), default=None, help="AD-CAM: diffusion steps, T of Eq. 8 [default: 2].")
 @click.option("--diffusion", type=click.Choice(["distribute", "average"]), default=None, help="AD-CAM diffusion direction [default: distribute, the paper's text].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to run [default: auto].")
-@click.option("--out", default=None, help="Output folder of <id>.npz files [default: runs/cam].")
+@click.option("--format", "file_format", type=click.Choice(["npz", "irn"]), default=None, help="npz: <id>.npz, no pickle; irn: <id>.npy as IRN's make_cam writes it, for IRN-based code [default: npz].")
+@click.option("--out", default=None, help="Output folder of <id>.npz (or .npy) files [default: runs/cam].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo images already written.")
-def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, scales, topk, steps, diffusion, device, out, overwrite) -> None:
+def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, scales, topk, steps, diffusion, device,
+                    file_format, out, overwrite) -> None:
     """Class activation maps (CAM, AD-CAM and Table 3's baselines) as IRN-format files.
 
     Resumable (images already written are skipped); torchrun shards the images over processes.
@@ -156,7 +158,7 @@ def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, s
     cfg = load_config(ExtractCamConfig, config_path, {
         "cls_dir": cls_dir, "method": method, "data.kind": data_kind, "data.root": data_root, "data.split": split,
         "scales": scale_list, "topk": topk, "steps": steps, "diffusion": diffusion, "device": device, "out": out,
-        "overwrite": overwrite,
+        "overwrite": overwrite, "file_format": file_format,
     }, section="extract_cam")
     result = extract_cams(cfg, progress=sys.stderr.isatty())
     click.echo(f"CAMs written to {result}")

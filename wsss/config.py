@@ -210,17 +210,19 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 MANIFEST = "manifest.json"
 
 
-def check_output_settings(out: str | Path, settings: Mapping[str, Any], what: str, overwrite: bool = False) -> None:
+def check_output_settings(out: str | Path, settings: Mapping[str, Any], what: str, overwrite: bool = False,
+                          implied: Mapping[str, Any] | None = None) -> None:
     """Refuse to add outputs to a folder whose ``manifest.json`` records other settings.
 
     Stages that skip finished items on a rerun call this first, so a resumed run
     never mixes outputs made with different parameters. ``what`` names the
-    outputs in the message ("CAMs", "masks").
+    outputs in the message ("CAMs", "masks"). ``implied``: the value a setting
+    had before it was recorded, for manifests written before it existed.
     """
     path = Path(out) / MANIFEST
     if overwrite or not path.is_file():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = {**(implied or {}), **json.loads(path.read_text(encoding="utf-8"))}
     changed = sorted(k for k in settings if settings[k] != old.get(k))
     if changed:
         raise ConfigError(
@@ -229,11 +231,12 @@ def check_output_settings(out: str | Path, settings: Mapping[str, Any], what: st
         )
 
 
-def prepare_output(out: str | Path, settings: Mapping[str, Any], cfg: Any, what: str, overwrite: bool = False) -> Path:
+def prepare_output(out: str | Path, settings: Mapping[str, Any], cfg: Any, what: str, overwrite: bool = False,
+                   implied: Mapping[str, Any] | None = None) -> Path:
     """Open a resumable output folder: refuse other settings (:func:`check_output_settings`),
     create it, record ``settings`` in ``manifest.json`` and ``cfg`` in ``config.yaml``."""
     out = Path(out)
-    check_output_settings(out, settings, what, overwrite)
+    check_output_settings(out, settings, what, overwrite, implied)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MANIFEST, dict(settings))
     save_config(cfg, out / "config.yaml")

@@ -113,7 +113,10 @@ class ExtractCamConfig:
     scales: image scale factors. flip: add the mirrored image at each scale.
     topk, steps, diffusion: AD-CAM's k (Eq. 7), T (Eq. 8) and direction
     (``distribute``: the paper's text; ``average``: earlier attention-CAM work).
-    out: folder of per-image .npz files. overwrite: redo images already written.
+    file_format: ``npz`` (``<id>.npz``, no pickle) or ``irn`` (``<id>.npy``, the pickled dict
+    IRN's ``make_cam`` writes: ``keys``, ``cam`` as a CPU torch tensor, ``high_res``; what
+    IRN-based code such as its ``make_sem_seg_labels`` loads). Every wsss stage reads both.
+    out: folder of per-image CAM files. overwrite: redo images already written.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -125,8 +128,14 @@ class ExtractCamConfig:
     steps: int = 2
     diffusion: str = "distribute"
     device: str = "auto"
+    file_format: str = "npz"
     out: str = "runs/cam"
     overwrite: bool = False
+
+
+CAM_FILE_SUFFIX = {"npz": ".npz", "irn": ".npy"}
+MANIFEST_IMPLIED = {"file_format": "npz"}
+"""What a CAM folder's manifest written before ``file_format`` existed means: .npz files."""
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -167,6 +176,12 @@ def compute_cams(
 
 
 def save_cam(path: str | Path, cams: dict[str, np.ndarray]) -> Path:
+    """Write one image's CAMs: ``.npz`` (pickle-free) or, for a ``.npy`` path, IRN's pickled dict
+    with ``cam`` as a CPU torch tensor (IRN's ``make_sem_seg_labels`` calls ``.cuda()`` on it)."""
+    if Path(path).suffix == ".npy":
+        irn = {"keys": np.asarray(cams["keys"], np.int64), "cam": torch.from_numpy(np.asarray(cams["cam"])),
+               "high_res": np.asarray(cams["high_res"])}
+        return atomic_write(path, lambda tmp: np.save(tmp, irn, allow_pickle=True))
     return atomic_write(path, lambda tmp: np.savez(tmp, keys=cams["keys"], cam=cams["cam"], high_res=cams["high_res"]))
 
 
@@ -212,20 +227,23 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
         raise ConfigError(f"unknown CAM method '{cfg.method}'; choose one of {', '.join(CAM_METHODS)}")
     if cfg.diffusion not in ("distribute", "average"):
         raise ConfigError(f"diffusion must be 'distribute' or 'average', got '{cfg.diffusion}'")
+    if cfg.file_format not in CAM_FILE_SUFFIX:
+        raise ConfigError(f"file_format must be 'npz' or 'irn', got '{cfg.file_format}'")
+    suffix = CAM_FILE_SUFFIX[cfg.file_format]
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.out)
     manifest = _manifest(cfg)
-    check_output_settings(out, manifest, "CAMs", cfg.overwrite)
+    check_output_settings(out, manifest, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     ds = build_dataset(cfg.data)
     model, _ = load_trained_classifier(cfg.cls_dir, device)
     if dist.is_main():
-        prepare_output(out, manifest, cfg, "CAMs", cfg.overwrite)
+        prepare_output(out, manifest, cfg, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     dist.barrier()
-    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".npz", "CAM files", cfg.overwrite,
+    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, suffix, "CAM files", cfg.overwrite,
                        announce=dist.is_main())
     for image_id in tqdm(todo, desc=f"extract-cam {cfg.method}", disable=not (progress and dist.is_main()), unit="img"):
         sample = ds.load(image_id, with_mask=False)
-        save_cam(out / f"{image_id}.npz", compute_cams(model, sample.image, sample.label, cfg, device))
+        save_cam(out / f"{image_id}{suffix}", compute_cams(model, sample.image, sample.label, cfg, device))
     dist.barrier()
     if dist.is_main():
         write_json(out / "done.json", {"images": len(ds.ids), "method": cfg.method})
