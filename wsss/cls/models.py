@@ -110,16 +110,14 @@ class ConformerClassifier(nn.Module):
         if pretrained:
             from wsss.models import load_weights
 
-            key_map = None
-            if drop_last_block:
-                # The official checkpoints hold the full network; the block this model drops is
-                # expected to be unused, not a mismatch (any other difference still is one).
-                dropped = f"conv_trans_{self.net.num_transformer_blocks + 1}."
+            # The official checkpoints hold the full network; the block this model drops is
+            # expected to be unused, not a mismatch (any other difference still is one).
+            dropped = f"conv_trans_{self.net.num_transformer_blocks + 1}." if drop_last_block else None
 
-                def key_map(key: str) -> str | None:
-                    return None if key.startswith(dropped) else key
+            def key_map(key: str) -> str | None:
+                return None if dropped and key.startswith(dropped) else key
 
-            load_weights(self.net, pretrained, strict=strict_load, key_map=key_map)
+            load_weights(self.net, pretrained, strict=strict_load, key_map=key_map if dropped else None)
         self.num_classes = num_classes
         self.stride = self.net.cnn_stride
 
