@@ -118,6 +118,16 @@ def test_refine_irn_trains_the_boundary_net_and_walks(toy_root, tmp_path):
         assert set(np.unique(mask)) <= {0, *(cams["keys"] + 1).tolist()}
         scores = np.load(out / "scores" / f"{image_id}.npz")
         assert scores["scores"].shape == (len(cams["keys"]), 64, 64) and float(scores["scores"].max()) == 1.0
+    # the saved scores re-threshold without walking: refine none on them is IRN's post-processing
+    # (up to the scores' float16 rounding), and eval-cam sweeps their background threshold
+    again = make_pseudo(MakePseudoConfig(data=cfg.data, cam_dir=str(out / "scores"), refine="none", workers=1,
+                                         out=str(tmp_path / "rethreshold")), progress=False)
+    differ = sum(int((read_mask(again / f"{i}.png") != read_mask(out / f"{i}.png")).sum()) for i in ds.ids)
+    assert differ <= 1e-3 * len(ds.ids) * 64 * 64, differ
+    from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
+
+    sweep = evaluate_cams(EvalCamConfig(data=cfg.data, cam_dir=str(out / "scores"), workers=1), progress=False)
+    assert 0 <= sweep.best.miou <= 1
     # a rerun redoes only what is missing; a changed walk setting is refused
     (out / f"{ds.ids[0]}.png").unlink()
     make_pseudo(cfg, progress=False)

@@ -186,12 +186,17 @@ def save_cam(path: str | Path, cams: dict[str, np.ndarray]) -> Path:
 
 
 def load_cam(cam_dir: str | Path, image_id: str) -> dict[str, np.ndarray]:
-    """Read ``<id>.npz`` (wsss) or ``<id>.npy`` (IRN's pickled dict; cam may be a torch tensor)."""
+    """Read ``<id>.npz`` (wsss; a make-pseudo score file gives its ``scores`` as ``high_res``) or
+    ``<id>.npy`` (IRN's pickled dict; cam may be a torch tensor)."""
     cam_dir = Path(cam_dir)
     npz, npy = cam_dir / f"{image_id}.npz", cam_dir / f"{image_id}.npy"
     if npz.is_file():
         with np.load(npz, allow_pickle=False) as f:
             out = {k: f[k] for k in ("keys", "cam", "high_res") if k in f}
+            if "high_res" not in out and "scores" in f:
+                # make-pseudo --save-scores: the walk's normalised full-size scores, read as CAMs so
+                # that eval-cam sweeps, and make-pseudo --refine none applies, another threshold
+                out["high_res"] = f["scores"]
     elif npy.is_file():
         obj = np.load(npy, allow_pickle=True)
         obj = obj.item() if obj.dtype == object and obj.shape == () else obj
