@@ -123,6 +123,9 @@ def test_irn_format_is_what_irn_writes_and_holds_the_same_cams(cls_dirs, toy_roo
     assert (irn / f"{ids[0]}.npy").is_file()
     with pytest.raises(ConfigError, match="other settings \\(file_format\\)"):
         extract_cams(ExtractCamConfig(**base, out=str(irn)), progress=False)
+    # --overwrite in the other format replaces the files: none of the old format is left to be read
+    extract_cams(ExtractCamConfig(**base, overwrite=True, out=str(irn)), progress=False)
+    assert not list(irn.glob("*.npy")) and sorted(p.stem for p in irn.glob("*.npz")) == sorted(ids)
     # a folder written before the option existed (no file_format in its manifest) holds .npz files
     import json
 

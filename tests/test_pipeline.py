@@ -179,3 +179,41 @@ def test_a_recipe_under_torchrun(tmp_path):
                                                    '"{toy}/SegmentationClass", workers: 2'))
     assert decisions(torchrun(changed, 29563)) == {**{s: ["complete"] for s in steps[:-1]}, "score": ["rerunning"]}
     assert (run / "score.old" / "eval.json").is_file() and (run / "score" / "eval.json").is_file()
+
+
+def test_torchrun_on_gpus_refuses_a_recipe_mixing_cpu_and_gpu_steps(tmp_path, monkeypatch):
+    """One process group serves every step, and NCCL cannot carry a cpu step's tensors: say so
+    before anything runs (``--only`` the cpu steps is the way out)."""
+    import torch
+
+    mixed = DIST_RECIPE.replace("split: train}, val_split: null, model: resnet_tiny, epochs: 1,\n"
+                                "               batch_size: 4, crop: 48, resize_long: [40, 56], workers: 0, device: cpu}",
+                                "split: train}, val_split: null, model: resnet_tiny, epochs: 1,\n"
+                                "               batch_size: 4, crop: 48, resize_long: [40, 56], workers: 0, device: cuda}")
+    assert mixed != DIST_RECIPE
+    recipe = load_recipe(_write(tmp_path, mixed), run_dir=tmp_path / "run")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match=r"steps \['cam', 'pseudo'\] run on cpu"):
+        run_recipe(recipe, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_processes_wait_for_rank_0_longer_than_torchs_default(monkeypatch):
+    """Rank 0 alone evaluates a split while the others wait in a barrier: the group's timeout is
+    4 hours (torch's NCCL default, 10 minutes, would end a COCO recipe), set by WSSS_DIST_TIMEOUT_MIN."""
+    from datetime import timedelta
+
+    import torch.distributed as tdist
+
+    from wsss.engine import dist
+
+    seen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", lambda **kw: seen.append(kw))
+    dist.init_distributed("cpu")
+    monkeypatch.setenv(dist.TIMEOUT_ENV, "30")
+    dist.init_distributed("cpu")
+    assert seen == [{"backend": "gloo", "timeout": timedelta(hours=4)},
+                    {"backend": "gloo", "timeout": timedelta(minutes=30)}]

@@ -269,7 +269,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None 
     """Run the recipe's steps in order (``only``: just these, plus nothing else);
     returns each step's state: ``skipped``, ``ran`` or ``reran``."""
     check_requirements(recipe)
-    _init_distributed(recipe)
+    _init_distributed(recipe, only)
     main = dist.is_main()
     if main:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
@@ -323,10 +323,25 @@ def _prepare_step(step: Step, out: Path, fp: str, deps: dict[str, set[str]], sta
     return state
 
 
-def _init_distributed(recipe: Recipe) -> None:
+def _init_distributed(recipe: Recipe, only: list[str] | None = None) -> None:
     """Under ``torchrun``, start the process group the stages will share: gloo when every step
-    that names a device says cpu, else the default for this machine (NCCL on GPUs)."""
-    devices = {s.settings.get("device", "auto") for s in recipe.steps if s.stage in DISTRIBUTED_STAGES}
+    that names a device says cpu, else the default for this machine (NCCL on GPUs). One group
+    serves every step, so on a GPU machine the steps that use every process must agree on CPU
+    or GPU (NCCL cannot carry the CPU steps' tensors)."""
+    import os
+
+    import torch
+
+    steps = [s for s in recipe.steps if s.stage in DISTRIBUTED_STAGES and (not only or s.name in only)]
+    devices = {s.settings.get("device", "auto") for s in steps}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available() and "cpu" in devices \
+            and devices != {"cpu"}:
+        on_cpu = sorted(s.name for s in steps if s.settings.get("device", "auto") == "cpu")
+        raise ConfigError(
+            f"under torchrun on a GPU machine the steps {on_cpu} run on cpu and others on the GPU; one process "
+            "group cannot serve both. Set the same device on every training, extraction, pseudo-mask and "
+            "prediction step, or run the cpu steps in a separate, single-process call (wsss run --only ...)"
+        )
     dist.init_distributed("cpu" if devices == {"cpu"} else "auto")
 
 

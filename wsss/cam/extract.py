@@ -249,6 +249,8 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     for image_id in tqdm(todo, desc=f"extract-cam {cfg.method}", disable=not (progress and dist.is_main()), unit="img"):
         sample = ds.load(image_id, with_mask=False)
         save_cam(out / f"{image_id}{suffix}", compute_cams(model, sample.image, sample.label, cfg, device))
+        for other in set(CAM_FILE_SUFFIX.values()) - {suffix}:  # after --overwrite in the other format
+            (out / f"{image_id}{other}").unlink(missing_ok=True)
     dist.barrier()
     if dist.is_main():
         write_json(out / "done.json", {"images": len(ds.ids), "method": cfg.method})

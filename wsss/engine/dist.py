@@ -7,16 +7,23 @@ the single-process answer.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+
+TIMEOUT_ENV = "WSSS_DIST_TIMEOUT_MIN"
+"""Minutes a process waits in a collective (default 240): in a recipe the other ranks wait while
+rank 0 alone evaluates a whole split, which takes longer than torch's 10-minute NCCL default."""
 
 
 def init_distributed(device: str = "auto") -> torch.device:
     """Start the process group if launched by torchrun; return this rank's device."""
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        minutes = float(os.environ.get(TIMEOUT_ENV, "240"))
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo", timeout=timedelta(minutes=minutes))
     if want_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
