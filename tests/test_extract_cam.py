@@ -216,8 +216,8 @@ def test_two_processes_share_the_images_and_write_what_one_writes(cls_dirs, toy_
     one = subprocess.run([sys.executable, str(script), str(toy_root), cls_dir, str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29547", str(script), str(toy_root), cls_dir, str(tmp_path / "two")], env=env,
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--standalone", str(script), str(toy_root), cls_dir, str(tmp_path / "two")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     files = sorted(p.name for p in (tmp_path / "one").glob("*.npz"))

@@ -189,8 +189,8 @@ def test_refine_irn_under_torchrun_matches_one_process(toy_root, tmp_path):
     one = subprocess.run([sys.executable, *args, str(tmp_path / "one")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29571", *args, str(tmp_path / "two")], env=env, capture_output=True, text=True,
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--standalone", *args, str(tmp_path / "two")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     wa = load_file(str(tmp_path / "one" / "irn" / "boundary.safetensors"))

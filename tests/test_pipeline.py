@@ -143,9 +143,9 @@ def test_a_recipe_under_torchrun(tmp_path):
     recipe, run = _write(tmp_path, DIST_RECIPE), tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
-    def torchrun(path, port):
+    def torchrun(path):
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", str(port), "-m", "wsss", "run", str(path), "--out", str(run)],
+                               "--standalone", "-m", "wsss", "run", str(path), "--out", str(run)],
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         return done.stdout
@@ -156,7 +156,7 @@ def test_a_recipe_under_torchrun(tmp_path):
         """Each step's decision lines: rank 0 alone decides and says so, once per step."""
         return {s: re.findall(rf"^\[{s}\] (running|continuing|rerunning|complete)", said, re.M) for s in steps}
 
-    said = torchrun(recipe, 29561)
+    said = torchrun(recipe)
     assert decisions(said) == {s: ["running"] for s in steps}, said
     for step in steps:
         assert (run / step / "done.json").is_file(), step
@@ -174,10 +174,10 @@ def test_a_recipe_under_torchrun(tmp_path):
     for i in ids:
         np.testing.assert_array_equal(read_mask(one / f"{i}.png"), read_mask(run / "pseudo" / f"{i}.png"))
 
-    assert decisions(torchrun(recipe, 29562)) == {s: ["complete"] for s in steps}
+    assert decisions(torchrun(recipe)) == {s: ["complete"] for s in steps}
     changed = _write(tmp_path, DIST_RECIPE.replace('"{toy}/SegmentationClass", workers: 1',
                                                    '"{toy}/SegmentationClass", workers: 2'))
-    assert decisions(torchrun(changed, 29563)) == {**{s: ["complete"] for s in steps[:-1]}, "score": ["rerunning"]}
+    assert decisions(torchrun(changed)) == {**{s: ["complete"] for s in steps[:-1]}, "score": ["rerunning"]}
     assert (run / "score.old" / "eval.json").is_file() and (run / "score" / "eval.json").is_file()
 
 

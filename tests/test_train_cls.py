@@ -133,7 +133,7 @@ def test_ddp_two_processes_match_one(toy_root, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29533", str(script), str(toy_root), str(tmp_path / "two"), str(weights)],
+                            "--standalone", str(script), str(toy_root), str(tmp_path / "two"), str(weights)],
                            env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))

@@ -184,8 +184,8 @@ def test_ddp_two_processes_match_one(toy_root, tmp_path):
     one = subprocess.run([sys.executable, str(script), str(toy_root), str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29541", str(script), str(toy_root), str(tmp_path / "two")], env=env, capture_output=True,
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--standalone", str(script), str(toy_root), str(tmp_path / "two")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
