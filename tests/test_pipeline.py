@@ -217,3 +217,33 @@ def test_processes_wait_for_rank_0_longer_than_torchs_default(monkeypatch):
     dist.init_distributed("cpu")
     assert seen == [{"backend": "gloo", "timeout": timedelta(hours=4)},
                     {"backend": "gloo", "timeout": timedelta(minutes=30)}]
+
+
+def test_a_failure_in_rank_0_stops_every_rank(tmp_path):
+    """Without torchrun's agent to kill the others (a launcher that only sets RANK / WORLD_SIZE),
+    ranks waiting for a rank-0-only step must not wait forever when it fails: they stop too."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broken = RECIPE.replace('gt: "{toy}/SegmentationClass"', f'gt: "{tmp_path / "nowhere"}"')
+    recipe = _write(tmp_path, broken)
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "wsss", "run", str(recipe), "--out", str(tmp_path / "run")],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] != [0, 0]
+    assert procs[0].returncode != 0 and "nowhere" in outs[0], outs[0][-2000:]
+    assert procs[1].returncode != 0 and "failed in rank 0" in outs[1], outs[1][-2000:]
+    assert (tmp_path / "run" / "toy" / "done.json").is_file()  # the step before ran, once

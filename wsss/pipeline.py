@@ -282,19 +282,38 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None 
         prints[step.name] = fp
         if only and step.name not in only:
             continue
-        state = _prepare_step(step, out, fp, deps, states) if main else None
-        states[step.name] = state = dist.broadcast_object(state)
+        state = _rank0(step, lambda: _prepare_step(step, out, fp, deps, states))
+        states[step.name] = state
         if state == "skipped":
             continue
         t0 = time.time()
-        if main or step.stage in DISTRIBUTED_STAGES:
+        if step.stage in DISTRIBUTED_STAGES:
             STAGES[step.stage](step.settings, out, progress and main)
+        else:
+            _rank0(step, lambda: STAGES[step.stage](step.settings, out, progress))
         dist.barrier()
         if main:
             if not (out / "done.json").is_file():
                 write_json(out / "done.json", {"stage": step.stage})
             print(f"[{step.name}] done in {time.time() - t0:.0f} s")
     return states
+
+
+def _rank0(step: Step, work: Callable[[], Any]) -> Any:
+    """Run ``work`` in rank 0 and give every rank its result; if it fails, every rank fails (the
+    others with a message naming the step) instead of waiting for rank 0 in the next collective."""
+    result, failure = None, None
+    if dist.is_main():
+        try:
+            result = work()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            failure = e
+    said = dist.broadcast_object((result, None if failure is None else f"{type(failure).__name__}: {failure}"))
+    if failure is not None:
+        raise failure
+    if said[1] is not None:
+        raise ConfigError(f"step '{step.name}' failed in rank 0 ({said[1]}); stopping this rank too")
+    return said[0]
 
 
 def _prepare_step(step: Step, out: Path, fp: str, deps: dict[str, set[str]], states: dict[str, str]) -> str:
