@@ -245,8 +245,13 @@ def prepare_output(out: str | Path, settings: Mapping[str, Any], cfg: Any, what:
 
 def pending_ids(ids: Sequence[str], out: str | Path, suffix: str, what: str, overwrite: bool = False,
                 announce: bool = True) -> list[str]:
-    """The ids whose ``out/<id><suffix>`` is not written yet (all of them with ``overwrite``);
-    says how many are already done, so a rerun reads as a continuation."""
+    """This process's ids (every ``world``-th one under ``torchrun``) whose ``out/<id><suffix>``
+    is not written yet (all of them with ``overwrite``); says how many are already done, so a
+    rerun reads as a continuation (rank 0 only)."""
+    from wsss.engine import dist
+
+    ids = list(ids)[dist.rank() :: dist.world_size()]
+    announce = announce and dist.is_main()
     out = Path(out)
     todo = list(ids) if overwrite else [i for i in ids if not (out / f"{i}{suffix}").is_file()]
     if announce and len(todo) < len(ids):

@@ -244,8 +244,7 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     if dist.is_main():
         prepare_output(out, manifest, cfg, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     dist.barrier()
-    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, suffix, "CAM files", cfg.overwrite,
-                       announce=dist.is_main())
+    todo = pending_ids(ds.ids, out, suffix, "CAM files", cfg.overwrite)
     for image_id in tqdm(todo, desc=f"extract-cam {cfg.method}", disable=not (progress and dist.is_main()), unit="img"):
         sample = ds.load(image_id, with_mask=False)
         save_cam(out / f"{image_id}{suffix}", compute_cams(model, sample.image, sample.label, cfg, device))

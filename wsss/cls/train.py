@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
@@ -31,7 +30,7 @@ from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
-from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
+from wsss.engine.loop import LoopSettings, SeededTrainSet, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image
 
 
@@ -85,18 +84,14 @@ class TrainClsConfig:
     log_every: int = 20
 
 
-class ClsTrainSet(Dataset):
-    """Augmented crops; the randomness of item i in epoch e is fixed by (seed, e, i)."""
+class ClsTrainSet(SeededTrainSet):
+    """Augmented crops (and region masks with partial pooling) with image-level labels."""
 
-    def __init__(self, ds: SegDataset, cfg: TrainClsConfig):
-        self.ds, self.cfg, self.epoch = ds, cfg, 0
-
-    def __len__(self) -> int:
-        return len(self.ds)
+    cfg: TrainClsConfig
 
     def __getitem__(self, index: int):
         image_id = self.ds.ids[index]
-        rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+        rng = self.rng(index)
         image = read_image(self.ds.image_path(image_id))
         label = torch.from_numpy(self.ds.label(image_id))
         if not self.cfg.partial_pool:

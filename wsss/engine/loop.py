@@ -63,6 +63,21 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, power: float
         g["lr"] = g["initial_lr"] * SCHEDULES[g["schedule"]](step, total, power)
 
 
+class SeededTrainSet(Dataset):
+    """A training set over a dataset's images whose item ``i`` in epoch ``e`` draws its
+    augmentation from ``rng(i)``, fixed by ``(cfg.seed, e, i)``; :func:`train_loop` sets
+    ``epoch``. So a resumed run, or one split over processes, sees the same items."""
+
+    def __init__(self, ds, cfg) -> None:
+        self.ds, self.cfg, self.epoch = ds, cfg, 0
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, self.epoch, index])
+
+
 @dataclass
 class GroupSpec:
     """An optimiser group: its parameters, base lr and schedule name (a ``SCHEDULES`` key)."""

@@ -96,8 +96,7 @@ def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
 def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     """Run :func:`_one` on every image not yet in ``out`` (in ``workers`` processes; under
     ``torchrun`` each rank takes every ``world``-th image, and all wait for the last)."""
-    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".png", "masks", cfg.overwrite,
-                       announce=dist.is_main())
+    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     paths = [str(ds.image_path(i)) for i in todo]
     bar = tqdm(total=len(todo), desc=f"make-pseudo {cfg.refine}", disable=not (progress and dist.is_main()),
                unit="img")
@@ -167,8 +166,7 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
         train_irn(irn_cfg, resume=True, progress=progress)
     device = dist.init_distributed(cfg.device)
     net = load_boundary_net(irn_dir, device)
-    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".png", "masks", cfg.overwrite,
-                       announce=dist.is_main())
+    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     for image_id in tqdm(todo, desc="make-pseudo irn (walk)", disable=not (progress and dist.is_main()), unit="img"):
         cams = load_cam(cfg.cam_dir, image_id)
         if "cam" not in cams:

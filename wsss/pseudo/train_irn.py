@@ -32,7 +32,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
 from wsss.cls.transforms import normalize, random_crop
 from wsss.config import ConfigError, load_config
@@ -40,7 +39,7 @@ from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
-from wsss.engine.loop import GroupSpec, LoopSettings, make_optimizer, train_loop
+from wsss.engine.loop import GroupSpec, LoopSettings, SeededTrainSet, make_optimizer, train_loop
 from wsss.io import IGNORE_INDEX, WsssDataError, read_image, read_mask
 from wsss.models.resnet import CAM_OS16, build_resnet
 from wsss.pseudo.irnet import BoundaryNet, affinity_labels, boundary_loss, edge_to_affinity, path_index
@@ -111,19 +110,16 @@ def irn_train_transform(
     return np.ascontiguousarray(hwc.transpose(2, 0, 1)), np.ascontiguousarray(label[::4, ::4])
 
 
-class IrnTrainSet(Dataset):
-    """Augmented crops and stride-4 labels; item i of epoch e is fixed by (seed, e, i)."""
+class IrnTrainSet(SeededTrainSet):
+    """Augmented crops and stride-4 IR labels."""
 
     def __init__(self, ds: SegDataset, cfg: TrainIrnConfig):
-        self.ds, self.cfg, self.epoch = ds, cfg, 0
+        super().__init__(ds, cfg)
         self.label_dir = Path(cfg.ir_labels)
-
-    def __len__(self) -> int:
-        return len(self.ds)
 
     def __getitem__(self, index: int):
         image_id = self.ds.ids[index]
-        rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+        rng = self.rng(index)
         image = read_image(self.ds.image_path(image_id))
         label = read_mask(self.label_dir / f"{image_id}.png")
         if label.shape != image.shape[:2]:

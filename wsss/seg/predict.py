@@ -195,8 +195,7 @@ def predict(cfg: PredictConfig, progress: bool = True) -> Path:
     if dist.is_main():
         prepare_output(out, settings, cfg, "predictions", cfg.overwrite)
     dist.barrier()
-    todo = pending_ids(ds.ids[dist.rank() :: dist.world_size()], out, ".png", "predictions", cfg.overwrite,
-                       announce=dist.is_main())
+    todo = pending_ids(ds.ids, out, ".png", "predictions", cfg.overwrite)
     for image_id in tqdm(todo, desc="predict", disable=not (progress and dist.is_main()), unit="img"):
         image = read_image(ds.image_path(image_id))
         probs = segment(model, image, base_size=train_cfg.base_size, scales=tuple(cfg.scales), flip=cfg.flip,

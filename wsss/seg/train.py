@@ -25,10 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
 from wsss.config import ConfigError
 from wsss.data import DataConfig, build_dataset
@@ -36,7 +34,7 @@ from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.syncbn import convert_sync_batchnorm
-from wsss.engine.loop import LoopSettings, make_optimizer, train_loop
+from wsss.engine.loop import LoopSettings, SeededTrainSet, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image, write_text
 from wsss.seg.model import Segmenter, build_segmenter
 from wsss.seg.transforms import seg_train_transform
@@ -107,18 +105,14 @@ def build_from_config(cfg: TrainSegConfig, num_classes: int, pretrained: str | N
     return build_segmenter(cfg.head, cfg.backbone, num_classes, pretrained=pretrained, **head_kwargs(cfg))
 
 
-class SegTrainSet(Dataset):
-    """Augmented crops and labels; item i of epoch e is fixed by (seed, e, i)."""
+class SegTrainSet(SeededTrainSet):
+    """Augmented crops and their (pseudo) masks."""
 
-    def __init__(self, ds: SegDataset, cfg: TrainSegConfig):
-        self.ds, self.cfg, self.epoch = ds, cfg, 0
-
-    def __len__(self) -> int:
-        return len(self.ds)
+    cfg: TrainSegConfig
 
     def __getitem__(self, index: int):
         image_id = self.ds.ids[index]
-        rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+        rng = self.rng(index)
         image = read_image(self.ds.image_path(image_id))
         path = self.ds.mask_path(image_id)
         if path is None:
