@@ -230,7 +230,8 @@ def test_a_failure_in_rank_0_stops_every_rank(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    broken = RECIPE.replace('gt: "{toy}/SegmentationClass"', f'gt: "{tmp_path / "nowhere"}"')
+    # inside the toy step's folder, so the recipe validates and the failure comes from the eval step itself
+    broken = RECIPE.replace('gt: "{toy}/SegmentationClass"', 'gt: "{toy}/nowhere"')
     recipe = _write(tmp_path, broken)
     procs = []
     for rank in (0, 1):
@@ -247,3 +248,52 @@ def test_a_failure_in_rank_0_stops_every_rank(tmp_path):
     assert procs[0].returncode != 0 and "nowhere" in outs[0], outs[0][-2000:]
     assert procs[1].returncode != 0 and "failed in rank 0" in outs[1], outs[1][-2000:]
     assert (tmp_path / "run" / "toy" / "done.json").is_file()  # the step before ran, once
+
+
+def test_a_typo_in_the_last_step_leaves_every_folder_untouched(tmp_path):
+    run = tmp_path / "run"
+    run_recipe(load_recipe(_write(tmp_path), run_dir=run), progress=False)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    # a changed earlier step (would be moved to .old) plus a typo in the last one
+    typo = RECIPE.replace("workers: 1}\n  - name: report", "workers: 2}\n  - name: report").replace(
+        "tables:", "tabels:")
+    with pytest.raises(ConfigError) as e:
+        run_recipe(load_recipe(_write(tmp_path, typo), run_dir=run), progress=False)
+    assert "step 'report' (report): unknown setting 'tabels'; did you mean 'tables'?" in str(e.value)
+    assert "nothing was run, skipped or moved" in str(e.value)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert not (run / "score.old").exists()
+
+
+def test_every_problem_of_a_recipe_is_listed_at_once(tmp_path):
+    text = RECIPE.replace("workers: 1}\n  - name: score", "workers: 1, sizee: 3}\n  - name: score").replace(
+        'gt: "{toy}/SegmentationClass", workers: 1', 'gt: "/no/such/gt", workers: "many"')
+    text += """  - name: fig
+    stage: figure
+    settings: {data: {kind: voc, root: "{toy}"}, nmu: 4}
+  - name: cls
+    stage: train_cls
+    settings: {data: {kind: voc, root: "{toy}"}, epohcs: 2, pretrained: "builtin:nope"}
+"""
+    with pytest.raises(ConfigError) as e:
+        run_recipe(load_recipe(_write(tmp_path, text), run_dir=tmp_path / "run"), progress=False)
+    msg = str(e.value)
+    assert "unknown setting 'sizee'; did you mean 'size'?" in msg
+    assert "gt: /no/such/gt does not exist" in msg
+    assert "workers" in msg and "expected an integer" in msg
+    assert "unknown setting 'nmu'; did you mean 'num'?" in msg
+    assert "epohcs" in msg and "epochs" in msg
+    assert "no built-in weights named 'nope'" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_old_folders_are_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run_recipe(load_recipe(_write(tmp_path), run_dir=run), progress=False)
+    for workers in (2, 3):
+        changed = RECIPE.replace("workers: 1}\n  - name: report", f"workers: {workers}}}\n  - name: report")
+        run_recipe(load_recipe(_write(tmp_path, changed), run_dir=run), progress=False)
+    kept = [json.loads((run / name / "recipe_step.json").read_text())["settings"]["workers"]
+            for name in ("score.old", "score.old.1")]
+    assert kept == [1, 2]
+    assert json.loads((run / "score" / "recipe_step.json").read_text())["settings"]["workers"] == 3

@@ -21,7 +21,10 @@ resolved settings (``recipe_step.json``) is skipped; an unfinished step is
 continued (training resumes from its checkpoint, per-image stages skip the
 images done). A step whose settings changed, or that depends on a step that
 reran, is rerun from scratch and the recipe says so; its old folder is kept
-beside it as ``<name>.old``, so nothing is lost.
+beside it as ``<name>.old`` (or ``.old.1``, ``.old.2``...: an old folder is never
+overwritten), so nothing is lost. Before any of this, the whole recipe is
+validated (settings keys and types, input paths): a typo in the last step stops
+the run before the first folder is touched.
 
 Under ``torchrun`` every process runs the recipe: rank 0 alone decides what
 to skip and moves old folders, the stages that split their work over
@@ -34,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +167,103 @@ STAGES: dict[str, Callable[[dict, Path, bool], None]] = {
 }
 
 
+def _stage_config(stage: str) -> type | None:
+    """The config dataclass a stage's settings map onto (``None``: checked by :data:`_PLAIN_KEYS`)."""
+    if stage == "train_cls":
+        from wsss.cls.train import TrainClsConfig as cls
+    elif stage == "extract_cam":
+        from wsss.cam.extract import ExtractCamConfig as cls
+    elif stage == "eval_cam":
+        from wsss.cam.evaluate import EvalCamConfig as cls
+    elif stage == "make_pseudo":
+        from wsss.pseudo.make import MakePseudoConfig as cls
+    elif stage == "eval":
+        from wsss.evaluate import EvalConfig as cls
+    elif stage == "train_seg":
+        from wsss.seg.train import TrainSegConfig as cls
+    elif stage == "predict":
+        from wsss.seg.predict import PredictConfig as cls
+    else:
+        return None
+    return cls
+
+
+_PLAIN_KEYS = {
+    "make_toy": {"size", "num_train", "num_val", "seed", "workers"},
+    "figure": {"data", "ids", "num", "cams", "masks", "boundaries", "threshold"},
+    "report": {"tables"},
+}
+# Settings that name an input file or folder (checked to exist unless an earlier step makes it).
+_PATH_KEYS = {"root", "labels", "masks", "list_file", "pretrained", "weights", "region_masks", "cls_dir", "cam_dir",
+              "irn_dir", "seg_dir", "pred", "gt", "ids"}
+
+
+def _input_paths(settings: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, path) of every input path in a step's settings."""
+    found = []
+    if isinstance(settings, dict):
+        for k, v in settings.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, str) and k in _PATH_KEYS and v:
+                found.append((key, v))
+            elif isinstance(v, dict) and k in ("cams", "boundaries") or (k == "masks" and isinstance(v, dict)):
+                found += [(f"{key}.{n}", p) for n, p in v.items() if isinstance(p, str)]
+            elif isinstance(v, dict):
+                found += _input_paths(v, key + ".")
+    return found
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Check every step before anything is skipped, moved or run: its settings keys and types
+    (through the stage's config dataclass), and that each input path it names exists or is made
+    by an earlier step; also the recipe's ``requires``. All problems are listed in one error."""
+    from difflib import get_close_matches
+
+    from wsss.models.builtin import is_builtin, resolve_weights
+
+    problems = [f"requires: {r} does not exist" for r in recipe.requires if not Path(r).exists()]
+    made: list[str] = []
+    for step in recipe.steps:
+        where = f"step '{step.name}' ({step.stage})"
+        cls = _stage_config(step.stage)
+        if cls is not None:
+            try:
+                from_dict(cls, {**step.settings, "out": str(recipe.run_dir / step.name)}, where=where)
+            except ConfigError as e:
+                problems.append(str(e) if str(e).startswith(where) else f"{where}: {e}")
+        else:
+            allowed = _PLAIN_KEYS[step.stage]
+            for key in sorted(set(step.settings) - allowed):
+                close = get_close_matches(key, allowed, n=1)
+                problems.append(f"{where}: unknown setting '{key}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                                + f" (known: {', '.join(sorted(allowed))})")
+        for key, path in _input_paths(step.settings):
+            if any(path == m or path.startswith(m + "/") for m in made):
+                continue
+            if is_builtin(path):
+                try:
+                    resolve_weights(path)
+                except FileNotFoundError as e:
+                    problems.append(f"{where}: {key}: {e}")
+            elif not Path(path).exists():
+                problems.append(f"{where}: {key}: {path} does not exist")
+        made.append(str(recipe.run_dir / step.name))
+    if problems:
+        raise ConfigError(f"the recipe has {len(problems)} problem(s); nothing was run, skipped or moved:\n"
+                          + "\n".join(f"  - {p}" for p in problems)
+                          + "\nFix them in the recipe (or set the paths with --var) and run it again.")
+
+
+def backup_folder(out: Path) -> Path:
+    """A free name beside ``out`` for its previous outputs: ``<name>.old``, else ``.old.1``, ``.old.2``..."""
+    backup = out.with_name(out.name + ".old")
+    n = 0
+    while backup.exists():
+        n += 1
+        backup = out.with_name(f"{out.name}.old.{n}")
+    return backup
+
+
 DISTRIBUTED_STAGES = frozenset({"train_cls", "extract_cam", "make_pseudo", "train_seg", "predict"})
 """Stages that use every ``torchrun`` process (DDP training or images split over ranks)."""
 
@@ -252,14 +351,6 @@ def _dependencies(recipe: Recipe) -> dict[str, set[str]]:
     return deps
 
 
-def check_requirements(recipe: Recipe) -> None:
-    """Every file the recipe needs is there, or one error lists all that are missing."""
-    missing = [r for r in recipe.requires if not Path(r).exists()]
-    if missing:
-        raise ConfigError("this recipe needs, and cannot find:\n" + "\n".join(f"  - {m}" for m in missing)
-                          + "\nPut them in place (see the README's recipe section) or set the paths with --var.")
-
-
 def _fingerprint(step: Step, upstream: dict[str, str]) -> str:
     payload = json.dumps({"stage": step.stage, "settings": step.settings, "upstream": upstream}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -267,8 +358,9 @@ def _fingerprint(step: Step, upstream: dict[str, str]) -> str:
 
 def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None = None) -> dict[str, str]:
     """Run the recipe's steps in order (``only``: just these, plus nothing else);
-    returns each step's state: ``skipped``, ``ran`` or ``reran``."""
-    check_requirements(recipe)
+    returns each step's state: ``skipped``, ``ran`` or ``reran``. The whole recipe is checked first
+    (:func:`validate_recipe`): a typo anywhere stops it before any folder is touched."""
+    validate_recipe(recipe)
     _init_distributed(recipe, only)
     main = dist.is_main()
     if main:
@@ -327,9 +419,7 @@ def _prepare_step(step: Step, out: Path, fp: str, deps: dict[str, set[str]], sta
     if old and old.get("fingerprint") != fp:
         changed = [d for d in sorted(deps[step.name]) if states.get(d) in ("ran", "reran")]
         why = f"it reads {', '.join(changed)}, which ran again" if changed else "its settings changed"
-        backup = out.with_name(out.name + ".old")
-        if backup.exists():
-            shutil.rmtree(backup)
+        backup = backup_folder(out)
         out.rename(backup)
         print(f"[{step.name}] rerunning from scratch: {why} (previous outputs kept in {backup})")
         state = "reran"
