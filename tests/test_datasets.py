@@ -105,7 +105,7 @@ def test_folder_dataset_csv_json_and_errors(tmp_path):
     write_image(root / "images" / "b.jpg", _img())
     (root / "classes.txt").write_text("cat\ndog\n")
     (root / "labels.csv").write_text("id,labels\na,cat;dog\nb,dog\n")
-    ds = FolderDataset(root)
+    ds = FolderDataset(root, "all")
     assert ds.class_names == ["background", "cat", "dog"]
     assert ds.label("a").tolist() == [1.0, 1.0] and ds.label("b").tolist() == [0.0, 1.0]
     assert ds[0].mask is None
@@ -113,13 +113,13 @@ def test_folder_dataset_csv_json_and_errors(tmp_path):
     (root / "labels.csv").unlink()
     (root / "labels.json").write_text(json.dumps({"a": ["cat"], "b": ["dgo"]}))
     with pytest.raises(WsssDataError, match="'dgo'.*Did you mean 'dog'"):
-        FolderDataset(root)
+        FolderDataset(root, "all")
     (root / "labels.json").write_text(json.dumps({"a": ["cat"], "b": []}))
     with pytest.raises(WsssDataError, match="'b' has no foreground class"):
-        FolderDataset(root).label("b")
+        FolderDataset(root, "all").label("b")
     (root / "labels.json").write_text(json.dumps({"a": ["cat"]}))
     with pytest.raises(WsssDataError, match="'b' has no label"):
-        FolderDataset(root).label("b")
+        FolderDataset(root, "all").label("b")
 
 
 def test_build_dataset_factory(tmp_path):

@@ -82,13 +82,13 @@ def _folder_dataset(root, labels_csv):
 
 def test_a_labels_file_naming_an_unknown_class(tmp_path):
     _folder_dataset(tmp_path / "data", "a,cat\nb,dgo\n")
-    out = _run(_train_cls_args(tmp_path / "data", tmp_path / "run", "--data-kind", "folder", "--val-split", ""))
+    out = _run(_train_cls_args(tmp_path / "data", tmp_path / "run", "--data-kind", "folder", "--split", "all", "--val-split", ""))
     assert "dgo" in out and not (tmp_path / "run").exists()
 
 
 def test_an_image_with_no_label(tmp_path):
     _folder_dataset(tmp_path / "data", "a,cat\n")
-    out = _run(_train_cls_args(tmp_path / "data", tmp_path / "run", "--data-kind", "folder", "--val-split", ""))
+    out = _run(_train_cls_args(tmp_path / "data", tmp_path / "run", "--data-kind", "folder", "--split", "all", "--val-split", ""))
     assert "b" in out and "label" in out and not (tmp_path / "run").exists()
 
 

@@ -91,14 +91,76 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
     click.echo(f"figures written to {Path(cfg.out) if cfg.out else Path(cfg.pred) / 'eval.json'}")
 
 
+@main.command("pretrain")
+@click.option("--model", default=None, help="Backbone to pretrain, e.g. resnet_tiny or conformer_tiny [default: resnet_tiny].")
+@click.option("--out", default=None, help="Output folder [default: runs/pretrain].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs over the corpus [default: 6].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 64].")
+@click.option("--lr", type=float, default=None, help="AdamW peak learning rate (warm-up, then cosine) [default: 2e-3].")
+@click.option("--num-train", type=click.IntRange(1), default=None, help="Corpus training images [default: 10200].")
+@click.option("--num-val", type=click.IntRange(1), default=None, help="Held-out corpus images scored for top-1 [default: 1020].")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side (random-resized crops), pixels [default: 96].")
+@click.option("--size", type=click.IntRange(32, 1024), default=None, help="Corpus image side, pixels [default: 128].")
+@click.option("--corpus-seed", type=int, default=None, help="Seed the corpus images depend on [default: 0].")
+@click.option("--cache", default=None, help="Folder for the rendered corpus, reused by later runs [default: OUT/corpus].")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes [default: 1].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
+@click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
+@click.option("--export-builtin", "export_name", default=None, help="When done, ship the backbone inside the package as builtin:NAME (writes wsss/pretrained/).")
+@click.option("--list", "list_only", is_flag=True, help="List the built-in weights and how each was made, then exit.")
+def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, size, corpus_seed, cache, max_steps, workers,
+                 device, seed, resume, overwrite, export_name, list_only) -> None:
+    """Pretrain a backbone on the synthetic 102-class corpus: the built-in stand-in for ImageNet weights.
+
+    The result loads wherever a weights file does (--pretrained, --irn-weights); shipped ones as builtin:NAME.
+    """
+    from wsss.models.builtin import list_builtin, manifest_line
+
+    if list_only:
+        known = list_builtin()
+        if not known:
+            click.echo("no built-in weights are installed")
+        for name, entry in known.items():
+            click.echo(manifest_line(name, entry))
+        return
+    from wsss.cls.pretrain import BACKBONE_NAME, PretrainConfig, pretrain
+
+    cfg = load_config(PretrainConfig, None, {
+        "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr, "num_train": num_train,
+        "num_val": num_val, "crop": crop, "size": size, "corpus_seed": corpus_seed, "cache": cache, "max_steps": max_steps,
+        "workers": workers, "device": device, "seed": seed,
+    }, section="pretrain")
+    out_dir = pretrain(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
+    if export_name:
+        import json
+        import shlex
+
+        from wsss.config import to_dict
+        from wsss.models.builtin import export_builtin
+
+        done = json.loads((out_dir / "done.json").read_text())
+        settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "render_workers", "device", "out", "cache")}
+        from wsss.data.corpus import CORPUS_CLASSES
+
+        entry = {"model": cfg.model, "classes": len(CORPUS_CLASSES),
+                 "top1": round(done["val_top1"], 2), "steps": done["steps"], "settings": settings,
+                 "command": "wsss pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:])}
+        target = export_builtin(export_name, out_dir / BACKBONE_NAME, entry)
+        click.echo(f"built-in weights builtin:{export_name} written to {target}")
+
+
 @main.command("train-cls")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override it.")
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Folder datasets without splits/: write a seeded train/val split with this fraction for val [default: none, --split must name a split or be all].")
 @click.option("--split", default=None, help="Training split [default: train].")
 @click.option("--val-split", default=None, help="Split scored each epoch (mAP, F1) [default: val].")
 @click.option("--model", default=None, help="Backbone: conformer_tiny|conformer_ti16|conformer_s16|conformer_b16|resnet50|resnet101|resnet50_v1c|resnet101_v1c|resnet_tiny [default: conformer_tiny].")
-@click.option("--pretrained", default=None, help="Local ImageNet weights (.pth/.pt/.safetensors) [default: none, train from scratch].")
+@click.option("--pretrained", default=None, help="Local ImageNet weights (.pth/.pt/.safetensors) or builtin:NAME (wsss pretrain --list) [default: none, train from scratch].")
 @click.option("--strict-load/--no-strict-load", default=None, help="Refuse weights whose keys do not match (classifier heads aside) [default: strict].")
 @click.option("--detach-branches/--no-detach-branches", default=None, help="Conformer: cut gradients between CNN and transformer branches [default: detach].")
 @click.option("--partial-pool", type=click.IntRange(0), default=None, help="Partial pooling S (PCAA Eq. 3), 0 = off [default: 0].")
@@ -113,8 +175,9 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
 @click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
 @click.option("--out", default=None, help="Output folder [default: runs/cls].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pretrained, strict_load, detach_branches,
-                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resume) -> None:
+@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
+def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_split, model, pretrained, strict_load, detach_branches,
+                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resume, overwrite) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
@@ -122,13 +185,13 @@ def train_cls_cmd(config_path, data_kind, data_root, split, val_split, model, pr
     from wsss.cls.train import TrainClsConfig, train_cls
 
     cfg = load_config(TrainClsConfig, config_path, {
-        "data.kind": data_kind, "data.root": data_root, "data.split": split, "val_split": val_split, "model": model,
+        "data.kind": data_kind, "data.val_fraction": val_fraction, "data.root": data_root, "data.split": split, "val_split": val_split, "model": model,
         "pretrained": pretrained, "strict_load": strict_load, "detach_branches": detach_branches, "epochs": epochs,
         "partial_pool": partial_pool, "region_masks": region_masks,
         "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
         "device": device, "seed": seed, "out": out,
     }, section="train_cls")
-    train_cls(cfg, resume=resume, progress=sys.stderr.isatty())
+    train_cls(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
 
 @main.command("extract-cam")
@@ -228,7 +291,7 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--conf-fg", type=float, default=None, help="ir-label: confident-foreground threshold [default: 0.30].")
 @click.option("--conf-bg", type=float, default=None, help="ir-label: confident-background threshold [default: 0.05].")
 @click.option("--irn-backbone", default=None, help="irn: IRNet's frozen backbone, resnet50|resnet101|resnet_tiny [default: resnet50].")
-@click.option("--irn-weights", default=None, help="irn: local ImageNet weights of that backbone [default: none, random frozen features, with a warning].")
+@click.option("--irn-weights", default=None, help="irn: local ImageNet weights of that backbone, or builtin:NAME [default: none, random frozen features, with a warning].")
 @click.option("--irn-dir", default=None, help="irn: an already trained boundary net (train-irn folder) instead of training one.")
 @click.option("--irn-epochs", type=click.IntRange(1), default=None, help="irn: IRNet training epochs [default: 3].")
 @click.option("--irn-batch-size", type=click.IntRange(1), default=None, help="irn: IRNet global batch, images [default: 32].")
@@ -265,7 +328,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @click.option("--split", default=None, help="Training split [default: train].")
 @click.option("--ir-labels", default=None, help="IR-label folder (wsss make-pseudo --refine ir-label) [default: runs/ir_label].")
 @click.option("--backbone", default=None, help="Frozen ResNet: resnet50|resnet101|resnet_tiny [default: resnet50].")
-@click.option("--weights", default=None, help="Local ImageNet weights of the backbone [default: none, random frozen features, with a warning].")
+@click.option("--weights", default=None, help="Local ImageNet weights of the backbone, or builtin:NAME [default: none, random frozen features, with a warning].")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 3].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 32].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
@@ -276,8 +339,9 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @click.option("--seed", type=int, default=None, help="Seed of data order and augmentation [default: 0].")
 @click.option("--out", default=None, help="Output folder [default: runs/irn].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone, weights, epochs, batch_size, crop, lr,
-                  max_steps, workers, device, seed, out, resume) -> None:
+                  max_steps, workers, device, seed, out, resume, overwrite) -> None:
     """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
     from wsss.pseudo.train_irn import TrainIrnConfig, train_irn
 
@@ -286,19 +350,20 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
         "backbone": backbone, "weights": weights, "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
         "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
     }, section="train_irn")
-    train_irn(cfg, resume=resume, progress=sys.stderr.isatty())
+    train_irn(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
 
 @main.command("train-seg")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override its train_seg section.")
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Folder datasets without splits/: write a seeded train/val split with this fraction for val [default: none, --split must name a split or be all].")
 @click.option("--split", default=None, help="Training split [default: train].")
 @click.option("--masks", default=None, help="Training masks: the make-pseudo folder [default: the dataset's ground truth].")
 @click.option("--val-split", default=None, help="Split scored against ground truth during training [default: val].")
 @click.option("--head", type=click.Choice(["pcaa", "acf", "psa", "fcn", "deeplabv2"]), default=None, help="Segmentation head [default: pcaa].")
 @click.option("--backbone", default=None, help="resnet50_v1c|resnet101_v1c|resnet50|resnet101|resnet_tiny, dilated to stride 8 [default: resnet101_v1c].")
-@click.option("--pretrained", default=None, help="Local ImageNet weights of the backbone [default: none, from scratch].")
+@click.option("--pretrained", default=None, help="Local ImageNet weights of the backbone, or builtin:NAME [default: none, from scratch].")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Optimiser steps [default: 20000].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
@@ -308,8 +373,9 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
 @click.option("--out", default=None, help="Output folder [default: runs/seg].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_seg_cmd(config_path, data_kind, data_root, split, masks, val_split, head, backbone, pretrained, iterations,
-                  batch_size, crop, lr, workers, device, seed, out, resume) -> None:
+@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
+def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks, val_split, head, backbone, pretrained, iterations,
+                  batch_size, crop, lr, workers, device, seed, out, resume, overwrite) -> None:
     """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-seg ... (SyncBatchNorm, same results as one process).
@@ -317,12 +383,12 @@ def train_seg_cmd(config_path, data_kind, data_root, split, masks, val_split, he
     from wsss.seg.train import TrainSegConfig, train_seg
 
     cfg = load_config(TrainSegConfig, config_path, {
-        "data.kind": data_kind, "data.root": data_root, "data.split": split, "data.masks": masks,
+        "data.kind": data_kind, "data.val_fraction": val_fraction, "data.root": data_root, "data.split": split, "data.masks": masks,
         "val_split": val_split, "head": head, "backbone": backbone, "pretrained": pretrained,
         "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "workers": workers,
         "device": device, "seed": seed, "out": out,
     }, section="train_seg")
-    train_seg(cfg, resume=resume, progress=sys.stderr.isatty())
+    train_seg(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
 
 @main.command("predict")

@@ -200,6 +200,11 @@ def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "c
             f"{cls_dir} is not a train-cls output folder (needs config.yaml and {WEIGHTS_NAME}); "
             f"run 'wsss train-cls --out {cls_dir}' first"
         )
+    import shlex
+
+    from wsss.engine.loop import require_finished
+
+    require_finished(cls_dir, "train-cls", f"wsss train-cls --config {shlex.quote(str(cls_dir / 'config.yaml'))} --resume")
     cfg = read_yaml(cls_dir / "config.yaml")
     state = load_file(str(weights))
     head = state.get("net.conv_cls_head.weight", state.get("classifier.weight"))

@@ -147,8 +147,9 @@ def evaluate_cls(model: nn.Module, ds: SegDataset, device: torch.device, workers
     return multilabel_metrics(s.numpy(), t.numpy())
 
 
-def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``."""
+def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
+    ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
     out = Path(cfg.out)
     device = dist.init_distributed(cfg.device)
     train_ds = build_dataset(cfg.data)
@@ -183,7 +184,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True) 
     )
     last = train_loop(
         model=model, optimizer=optimizer, train_set=train_set, config=cfg, settings=settings,
-        device=device, loss_fn=loss_fn, resume=resume, progress=progress,
+        device=device, loss_fn=loss_fn, resume=resume, overwrite=overwrite, progress=progress,
         evaluate=(lambda epoch, final: evaluate_cls(model, val_ds, device, 0, progress)) if val_ds is not None else None,
     )
     if last is not None and dist.is_main():

@@ -26,7 +26,8 @@ class DataConfig:
     overriding the dataset's own (``cls_labels.npy``, or CSV/JSON for folder).
     masks: mask folder overriding the ground truth (pseudo masks for
     train-seg). list_file: an explicit image-id list. category_ids: COCO masks
-    hold COCO category ids instead of contiguous indices.
+    hold COCO category ids instead of contiguous indices. val_fraction: folder
+    datasets without ``splits/``: write a seeded train/val split of this fraction.
     """
 
     kind: str = "voc"
@@ -36,6 +37,7 @@ class DataConfig:
     masks: str | None = None
     list_file: str | None = None
     category_ids: bool = False
+    val_fraction: float | None = None
 
 
 def build_dataset(cfg: DataConfig, split: str | None = None) -> SegDataset:
@@ -46,6 +48,8 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> SegDataset:
     kwargs = dict(labels=cfg.labels, masks=cfg.masks, list_file=cfg.list_file if split is None else None)
     if cfg.kind == "coco":
         kwargs["category_ids"] = cfg.category_ids
+    if cfg.kind == "folder":
+        kwargs["val_fraction"] = cfg.val_fraction
     return DATASETS[cfg.kind](cfg.root, split or cfg.split, **kwargs)
 
 

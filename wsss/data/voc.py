@@ -39,6 +39,8 @@ def find_voc_root(root: str | Path) -> Path:
             return cand
     raise WsssDataError(
         f"no VOC tree found at {root}: expected a JPEGImages folder in it, in VOC2012/ or in VOCdevkit/VOC2012/"
+        + (f". {root} has an images/ folder: for your own images use --data-kind folder (data.kind: folder)"
+           if (Path(root) / "images").is_dir() else "")
     )
 
 

@@ -132,6 +132,38 @@ def _settings(config: Any) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_ONLY}
 
 
+def check_fresh_output(out: Path, stage: str, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds one (unless ``overwrite``, which clears
+    the old run's markers first: its ``done.json``, ``resume.pt`` and ``metrics.jsonl``)."""
+    done, partial = out / "done.json", out / ckpt.RESUME_NAME
+    if overwrite:
+        if dist.is_main():
+            for f in (done, partial, out / "metrics.jsonl"):
+                f.unlink(missing_ok=True)
+        dist.barrier()
+        return
+    if done.is_file():
+        raise ConfigError(
+            f"{out} already holds a finished {stage} run (done.json). Nothing was changed. "
+            f"Choose a new --out, or pass --overwrite to train it again from scratch."
+        )
+    if partial.is_file():
+        step = ckpt.load_resume(partial).get("step", "?")
+        raise ConfigError(
+            f"{out} holds an unfinished {stage} run (checkpoint at step {step}). Nothing was changed. "
+            f"Pass --resume to continue it, or --overwrite to start again from scratch."
+        )
+
+
+def require_finished(folder: Path, stage: str, continue_hint: str) -> None:
+    """A consumer of a training run refuses one that did not finish (no ``done.json``)."""
+    if not (Path(folder) / "done.json").is_file():
+        raise ConfigError(
+            f"{folder} is an unfinished {stage} run (no done.json): its weights are a mid-training checkpoint. "
+            f"Finish it first: {continue_hint}"
+        )
+
+
 def train_loop(
     *,
     model: nn.Module,
@@ -143,6 +175,7 @@ def train_loop(
     loss_fn: Callable[[nn.Module, tuple], dict[str, torch.Tensor]],
     evaluate: Callable[[int, bool], dict[str, float]] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any] | None:
     """Train ``model`` until the configured number of steps, then write
@@ -157,6 +190,11 @@ def train_loop(
     processes; a loss whose terms are already each process's share of a global
     sum returns them multiplied by the process count. ``config`` (a dataclass) is written to
     ``config.yaml`` on a fresh start and compared on ``--resume``.
+
+    Nothing finished is overwritten implicitly: without ``resume`` or ``overwrite``, an ``out``
+    holding a finished run (``done.json``) or a partial one (``resume.pt``) is refused with the
+    command that continues it. ``overwrite`` first removes the old run's ``done.json``,
+    checkpoint and metrics, so half-trained weights never sit beside an old ``done.json``.
     """
     s = settings
     out = Path(s.out)
@@ -174,6 +212,8 @@ def train_loop(
         total_steps = min(total_steps, s.max_steps)
 
     step = 0
+    if not resume:
+        check_fresh_output(out, settings.name, overwrite)
     if resume and (out / "done.json").is_file():
         if main_proc:
             print(f"{out} is complete (done.json); nothing to resume")

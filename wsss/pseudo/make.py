@@ -122,14 +122,30 @@ def _settings(cfg: MakePseudoConfig) -> dict:
     return settings
 
 
+def check_cam_folder(cam_dir: str | Path, ids: list[str]) -> None:
+    """Every image has a CAM file in ``cam_dir``, or a one-line error; called before the output's
+    manifest is written, so a mistyped folder leaves nothing behind that blocks the fix."""
+    cam_dir = Path(cam_dir)
+    if not cam_dir.is_dir():
+        raise WsssDataError(f"CAM folder not found: {cam_dir}. Pass the --out folder of wsss extract-cam as --cam-dir.")
+    missing = [i for i in ids if not (cam_dir / f"{i}.npz").is_file() and not (cam_dir / f"{i}.npy").is_file()]
+    if missing:
+        raise WsssDataError(
+            f"{len(missing)} of {len(ids)} images have no CAM file in {cam_dir} (first: {', '.join(missing[:3])}). "
+            "Run (or finish) wsss extract-cam on the same images and split first."
+        )
+
+
 def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
-    """Make the pseudo masks of every image of ``cfg.data`` into ``cfg.out``; returns ``out``."""
+    """Make the pseudo masks of every image of ``cfg.data`` into ``cfg.out``; returns ``out``.
+    The inputs are checked before anything is written to ``out``."""
     if cfg.refine not in REFINE_MODES:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
     out = Path(cfg.out)
     settings = _settings(cfg)
     check_output_settings(out, settings, "masks", cfg.overwrite)
     ds = build_dataset(cfg.data)
+    check_cam_folder(cfg.cam_dir, ds.ids)
     dist.init_distributed(cfg.device)
     if dist.is_main():
         prepare_output(out, settings, cfg, "masks", cfg.overwrite)

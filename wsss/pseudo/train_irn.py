@@ -147,8 +147,9 @@ def _check(cfg: TrainIrnConfig, ds: SegDataset) -> None:
         )
 
 
-def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``."""
+def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
+    ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
     out = Path(cfg.out)
     device = dist.init_distributed(cfg.device)
     world = dist.world_size()
@@ -183,7 +184,7 @@ def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True) 
     )
     last = train_loop(
         model=model, optimizer=optimizer, train_set=IrnTrainSet(train_ds, cfg), config=cfg, settings=settings,
-        device=device, loss_fn=loss_fn, resume=resume, progress=progress,
+        device=device, loss_fn=loss_fn, resume=resume, overwrite=overwrite, progress=progress,
     )
     if last is None:
         return out

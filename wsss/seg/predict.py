@@ -74,6 +74,11 @@ def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cp
             f"{seg_dir} is not a train-seg output folder (needs config.yaml and {ckpt.WEIGHTS_NAME}); "
             f"run 'wsss train-seg --out {seg_dir}' first"
         )
+    import shlex
+
+    from wsss.engine.loop import require_finished
+
+    require_finished(seg_dir, "train-seg", f"wsss train-seg --config {shlex.quote(str(seg_dir / 'config.yaml'))} --resume")
     cfg = load_config(TrainSegConfig, seg_dir / "config.yaml")
     names = (seg_dir / CLASS_NAMES_FILE).read_text().split("\n") if (seg_dir / CLASS_NAMES_FILE).is_file() else None
     if not names:

@@ -34,7 +34,7 @@ from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.syncbn import convert_sync_batchnorm
-from wsss.engine.loop import LoopSettings, SeededTrainSet, make_optimizer, train_loop
+from wsss.engine.loop import LoopSettings, check_fresh_output, SeededTrainSet, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image, write_text
 from wsss.seg.model import Segmenter, build_segmenter
 from wsss.seg.transforms import seg_train_transform
@@ -134,8 +134,9 @@ def _check_masks(ds: SegDataset, what: str) -> None:
         )
 
 
-def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``."""
+def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
+    ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
     from wsss.seg.predict import evaluate_segmenter
 
     out = Path(cfg.out)
@@ -188,11 +189,13 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True) 
         max_steps=cfg.iterations, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
         save_every=cfg.save_every, log_every=cfg.log_every,
     )
+    if not resume:
+        check_fresh_output(out, "train-seg", overwrite)
     if dist.is_main():
         write_text(out / CLASS_NAMES_FILE, "\n".join(train_ds.class_names))
     last = train_loop(
         model=model, optimizer=optimizer, train_set=SegTrainSet(train_ds, cfg), config=cfg, settings=settings,
-        device=device, loss_fn=loss_fn, evaluate=evaluate, resume=resume, progress=progress,
+        device=device, loss_fn=loss_fn, evaluate=evaluate, resume=resume, overwrite=overwrite, progress=progress,
     )
     if last is not None and dist.is_main():
         msg = f"train-seg done: weights {out / ckpt.WEIGHTS_NAME}"

@@ -1,0 +1,124 @@
+"""Nothing a user made is lost, and nothing wrong passes in silence (CLI level, tiny data)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wsss.cli import main
+from wsss.io import write_image
+
+
+def _invoke(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _refused(args):
+    result = _invoke(args)
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def _train_cls(root, out, *extra):
+    return ["train-cls", "--data-root", root, "--model", "resnet_tiny", "--crop", "32", "--batch-size", "4",
+            "--max-steps", "2", "--workers", "0", "--device", "cpu", "--val-split", "", "--out", out, *extra]
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_training_run_is_never_overwritten_implicitly(toy_root, tmp_path):
+    out = tmp_path / "cls"
+    assert _invoke(_train_cls(toy_root, out)).exit_code == 0
+    before = _snapshot(out)
+    msg = _refused(_train_cls(toy_root, out))
+    assert "already holds a finished train-cls run" in msg and "--overwrite" in msg
+    assert _snapshot(out) == before
+    # --resume on a finished run changes nothing either
+    assert _invoke(_train_cls(toy_root, out, "--resume")).exit_code == 0
+    assert _snapshot(out) == before
+    # --overwrite trains again (another seed: other weights) and writes a new done.json
+    assert _invoke(_train_cls(toy_root, out, "--overwrite", "--seed", "1")).exit_code == 0
+    assert (out / "done.json").is_file()
+    assert (out / "model.safetensors").read_bytes() != before[Path("model.safetensors")]
+
+
+def test_a_partial_run_is_refused_without_resume_and_its_consumers_refuse_it(toy_root, tmp_path):
+    out = tmp_path / "cls"
+    assert _invoke(_train_cls(toy_root, out)).exit_code == 0
+    (out / "done.json").unlink()  # as a run killed after its last checkpoint
+    msg = _refused(_train_cls(toy_root, out))
+    assert "unfinished train-cls run (checkpoint at step 2)" in msg and "--resume" in msg
+    msg = _refused(["extract-cam", "--cls-dir", out, "--data-root", toy_root, "--device", "cpu",
+                    "--out", tmp_path / "cam"])
+    assert "unfinished train-cls run (no done.json)" in msg and "--resume" in msg
+    assert not (tmp_path / "cam").exists()
+
+
+def _folder_tree(root, n=4):
+    for i in range(n):
+        write_image(root / "images" / f"im{i}.png", np.full((32, 32, 3), 40 * i, np.uint8))
+    (root / "classes.txt").write_text("cat\ndog\n")
+    (root / "labels.csv").write_text("".join(f"im{i},{'cat' if i % 2 else 'dog'}\n" for i in range(n)))
+
+
+def test_a_folder_dataset_without_splits_needs_an_explicit_choice(tmp_path):
+    root = tmp_path / "mine"
+    _folder_tree(root)
+    msg = _refused(_train_cls(root, tmp_path / "run", "--data-kind", "folder"))
+    assert "has no splits/ folder" in msg and "--split all" in msg and "--val-fraction" in msg
+    assert not (tmp_path / "run").exists()
+    # --val-fraction writes the split it made, and says so
+    result = _invoke(_train_cls(root, tmp_path / "run", "--data-kind", "folder", "--val-fraction", "0.25",
+                                "--batch-size", "2", "--max-steps", "1"))
+    assert result.exit_code == 0, result.output
+    train = (root / "splits" / "train.txt").read_text().split()
+    val = (root / "splits" / "val.txt").read_text().split()
+    assert len(val) == 1 and len(train) == 3 and not set(train) & set(val)
+    assert "wrote a seeded split" in result.output
+
+
+def test_a_misspelt_split_is_an_error_listing_the_known_ones(tmp_path, toy_root):
+    root = tmp_path / "mine"
+    _folder_tree(root)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("im0\nim1\n")
+    msg = _refused(_train_cls(root, tmp_path / "run", "--data-kind", "folder", "--split", "trian"))
+    assert "split 'trian' not found" in msg and "train, all" in msg
+    msg = _refused(_train_cls(toy_root, tmp_path / "run", "--split", "trian"))
+    assert "split 'trian' not found" in msg and "train" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_voc_reader_on_a_folder_tree_suggests_the_folder_kind(tmp_path):
+    root = tmp_path / "mine"
+    _folder_tree(root)
+    msg = _refused(_train_cls(root, tmp_path / "run"))
+    assert "no VOC tree found" in msg and "--data-kind folder" in msg
+
+
+def test_a_failed_make_pseudo_leaves_nothing_that_blocks_its_fix(toy_root, tmp_path):
+    from wsss.cam.extract import save_cam
+    from wsss.data import VOCDataset
+
+    out = tmp_path / "pseudo"
+    msg = _refused(["make-pseudo", "--cam-dir", tmp_path / "no_cams", "--data-root", toy_root, "--split", "val",
+                    "--refine", "none", "--out", out])
+    assert "CAM folder not found" in msg and not out.exists()
+    ds = VOCDataset(toy_root, "val")
+    cams = tmp_path / "cams"
+    for i in ds.ids[:-1]:
+        save_cam(cams / f"{i}.npz", {"keys": np.array([0]), "cam": np.ones((1, 16, 16), np.float32),
+                                     "high_res": np.ones((1, 64, 64), np.float32)})
+    msg = _refused(["make-pseudo", "--cam-dir", cams, "--data-root", toy_root, "--split", "val", "--refine", "none",
+                    "--out", out])
+    assert f"1 of {len(ds.ids)} images have no CAM file" in msg and not out.exists()
+    save_cam(cams / f"{ds.ids[-1]}.npz", {"keys": np.array([0]), "cam": np.ones((1, 16, 16), np.float32),
+                                          "high_res": np.ones((1, 64, 64), np.float32)})
+    result = _invoke(["make-pseudo", "--cam-dir", cams, "--data-root", toy_root, "--split", "val", "--refine", "none",
+                      "--out", out])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.png"))) == len(ds.ids)
