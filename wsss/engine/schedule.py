@@ -11,4 +11,15 @@ def constant(step: int, total: int, power: float = 0.9) -> float:
     return 1.0
 
 
-SCHEDULES = {"poly": poly, "constant": constant}
+def cosine(step: int, total: int, power: float = 0.9) -> float:
+    """Linear warm-up over the first 5% of steps, then half-cosine decay to 0 (the ImageNet
+    recipes of timm and DeiT, which ``wsss pretrain`` follows); ``power`` is unused."""
+    import math
+
+    warmup = max(1, int(0.05 * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+SCHEDULES = {"poly": poly, "constant": constant, "cosine": cosine}

@@ -140,7 +140,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     every key. Raises ``FileNotFoundError`` or a ``ValueError`` saying what the
     file holds instead.
     """
-    path = Path(path)
+    from wsss.models.builtin import resolve_weights
+
+    path = resolve_weights(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file not found: {path}. "
@@ -201,7 +203,9 @@ def load_weights(
     torchvision files, safetensors exports) keep their values and are not
     reported: they only count updates.
     """
-    path = Path(path)
+    from wsss.models.builtin import resolve_weights
+
+    path = resolve_weights(path)
     raw = read_state_dict(path)
     if key_map is None:
         fmt = detect_format(raw)
