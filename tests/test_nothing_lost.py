@@ -23,7 +23,7 @@ def _refused(args):
 
 def _train_cls(root, out, *extra):
     return ["train-cls", "--data-root", root, "--model", "resnet_tiny", "--crop", "32", "--batch-size", "4",
-            "--max-steps", "2", "--workers", "0", "--device", "cpu", "--val-split", "", "--out", out, *extra]
+            "--max-steps", "2", "--val-split", "", "--out", out, *extra, *(["--workers", "0"] if "--workers" not in extra else []), *(["--device", "cpu"] if "--device" not in extra else [])]
 
 
 def _snapshot(folder):
@@ -122,3 +122,49 @@ def test_a_failed_make_pseudo_leaves_nothing_that_blocks_its_fix(toy_root, tmp_p
                       "--out", out])
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("*.png"))) == len(ds.ids)
+
+
+def test_a_collapsed_predictor_is_called_out():
+    from wsss.metrics import collapse_warning
+
+    # ground truth: half background, half class 1; predictions: all background
+    collapsed = np.array([[50, 0], [50, 0]])
+    assert "collapsed to one class" in collapse_warning(collapsed, ["background", "cat"])
+    assert "'background'" in collapse_warning(collapsed, ["background", "cat"])
+    assert collapse_warning(np.array([[45, 5], [10, 40]]), ["background", "cat"]) is None
+    # a ground truth that really is all one class is no collapse
+    assert collapse_warning(np.array([[99, 0], [1, 0]]), ["background", "cat"]) is None
+
+
+def test_eval_of_an_all_background_prediction_warns(toy_root, tmp_path):
+    from wsss.data import VOCDataset
+    from wsss.io import write_mask
+
+    ds = VOCDataset(toy_root, "val")
+    for i in ds.ids:
+        write_mask(tmp_path / "pred" / f"{i}.png", np.zeros((64, 64), np.uint8))
+    result = _invoke(["eval", "--pred", tmp_path / "pred", "--gt", toy_root / "SegmentationClass", "--ids",
+                      toy_root / "ImageSets" / "Segmentation" / "val.txt"])
+    assert result.exit_code == 0, result.output
+    assert "collapsed to one class" in result.output
+
+
+def test_cuda_without_a_gpu_and_worker_errors_are_one_line(toy_root, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    msg = _refused(_train_cls(toy_root, tmp_path / "run", "--device", "cuda"))
+    assert "no CUDA GPU" in msg and "--device cpu" in msg and len(msg.strip().splitlines()) == 1
+    # a truncated image read inside a data-loading worker
+    import shutil
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    images = sorted((root / "JPEGImages").glob("*.jpg"))
+    for image in images:  # every one, so that the first batch meets one
+        image.write_bytes(image.read_bytes()[:200])
+    first = images[0]
+    msg = _refused(_train_cls(root, tmp_path / "run2", "--workers", "2", "--device", "cpu"))
+    assert "JPEGImages" in msg and "Original Traceback" not in msg and "File \"" not in msg
+    assert len(msg.strip().splitlines()) <= 2, msg

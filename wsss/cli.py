@@ -19,12 +19,37 @@ WRITE_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.E
                 errno.EDQUOT}
 
 
+def _one_line(e: BaseException) -> str:
+    """The user's message of an error; for one re-raised from a data-loader worker, the original
+    error's own last line instead of the worker's traceback that PyTorch puts in the message."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+        text += " (raised in a data-loading worker)"
+    return text
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+
+
 class WsssGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
-            raise click.ClickException(str(e)) from e
+            raise click.ClickException(_one_line(e)) from e
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            raise click.ClickException(
+                f"out of memory ({_one_line(e).splitlines()[0][:200]}). What finished is kept: rerun with a smaller "
+                "--batch-size or --crop, fewer --scales, or --device cpu, and the stage continues where it stopped."
+            ) from e
         except OSError as e:
             if e.errno not in WRITE_ERRNOS:
                 raise
@@ -88,6 +113,11 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
     metrics = evaluate_folders(cfg, progress=sys.stderr.isatty())
     click.echo(metrics.table())
     click.echo(f"mIoU {100 * metrics.miou:.2f}  FP {100 * metrics.mean_fp:.2f}  FN {100 * metrics.mean_fn:.2f}")
+    from wsss.metrics import collapse_warning
+
+    warning = collapse_warning(metrics.confusion, metrics.class_names, "predicted pixels")
+    if warning:
+        click.echo(warning)
     click.echo(f"figures written to {Path(cfg.out) if cfg.out else Path(cfg.pred) / 'eval.json'}")
 
 

@@ -247,3 +247,23 @@ class SweepResult:
             d = m.to_dict()
             curve.append({"threshold": float(t), "mIoU": d["mIoU"], "FP": d["FP"], "FN": d["FN"]})
         return {"best_threshold": self.best_threshold, "best": self.best.to_dict(), "curve": curve}
+
+
+def collapse_warning(confusion: np.ndarray, class_names: Sequence[str] | None = None, what: str = "predictions",
+                     share: float = 0.97) -> str | None:
+    """A warning when (nearly) every scored pixel is given one class, though the ground truth holds
+    others: a predictor that learnt nothing but the prior. ``confusion``: rows ground truth,
+    columns prediction. ``None`` when the predictions are spread over classes."""
+    mat = np.asarray(confusion, dtype=np.float64)
+    total = mat.sum()
+    if total <= 0:
+        return None
+    predicted = mat.sum(0) / total
+    truth = mat.sum(1) / total
+    top = int(predicted.argmax())
+    if predicted[top] < share or truth[top] > share:
+        return None
+    name = class_names[top] if class_names is not None else f"class {top}"
+    return (f"warning: {100 * predicted[top]:.1f}% of the {what} are '{name}' although the ground truth has "
+            f"{100 * truth[top]:.1f}% of it: the model collapsed to one class. Check the learning rate, the "
+            "training masks (wsss eval on them) and the number of iterations.")

@@ -83,6 +83,11 @@ def _eval(settings: dict, out: Path, progress: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_folders(from_dict(EvalConfig, {**settings, "out": str(out / "eval.json")}), progress=progress)
     print(f"mIoU {100 * metrics.miou:.2f}  FP {100 * metrics.mean_fp:.2f}  FN {100 * metrics.mean_fn:.2f}")
+    from wsss.metrics import collapse_warning
+
+    warning = collapse_warning(metrics.confusion, metrics.class_names, "predicted pixels")
+    if warning:
+        print(warning)
 
 
 def _train_seg(settings: dict, out: Path, progress: bool) -> None:

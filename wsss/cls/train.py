@@ -144,6 +144,9 @@ def evaluate_cls(model: nn.Module, ds: SegDataset, device: torch.device, workers
     s = torch.cat(scores) if scores else torch.zeros(0, k)
     t = torch.cat(targets) if targets else torch.zeros(0, k)
     s, t = dist.all_gather_cat(s.to(device)).cpu(), dist.all_gather_cat(t.to(device)).cpu()
+    if len(s) > 1 and float(s.std(0).max()) < 0.01 and dist.is_main():
+        tqdm.write("train-cls: warning: the classifier gives every val image the same class scores (it learnt "
+                   "the label prior only). Check the learning rate, the labels and the number of epochs.")
     return multilabel_metrics(s.numpy(), t.numpy())
 
 

@@ -20,6 +20,13 @@ rank 0 alone evaluates a whole split, which takes longer than torch's 10-minute 
 
 def init_distributed(device: str = "auto") -> torch.device:
     """Start the process group if launched by torchrun; return this rank's device."""
+    if device == "cuda" and not torch.cuda.is_available():
+        from wsss.config import ConfigError
+
+        raise ConfigError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False: "
+            "no GPU, no driver, or a CPU-only torch build). Use --device cpu, or --device auto to take a GPU when there is one."
+        )
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         minutes = float(os.environ.get(TIMEOUT_ENV, "240"))

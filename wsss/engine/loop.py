@@ -132,6 +132,32 @@ def _settings(config: Any) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_ONLY}
 
 
+class ProgressLog:
+    """Progress lines for logs that are not a terminal (cluster jobs), where the bar is off: every
+    ``interval`` seconds (``WSSS_LOG_INTERVAL_S``, default 60) one line with items done, rate and ETA."""
+
+    def __init__(self, name: str, total: int, done: int = 0, unit: str = "steps", enabled: bool | None = None):
+        import os
+        import sys
+
+        self.name, self.total, self.start_done, self.unit = name, total, done, unit
+        self.interval = float(os.environ.get("WSSS_LOG_INTERVAL_S", "60"))
+        self.enabled = (not sys.stderr.isatty()) if enabled is None else enabled
+        self.t0 = self.last = time.time()
+
+    def update(self, done: int) -> str | None:
+        now = time.time()
+        if not self.enabled or now - self.last < self.interval:
+            return None
+        self.last = now
+        rate = (done - self.start_done) / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        line = (f"{self.name}: {done}/{self.total} {self.unit} ({100 * done / max(1, self.total):.0f}%), "
+                f"{rate:.2f} {self.unit}/s, ETA {time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 1e7 else '?'}")
+        print(line, flush=True)
+        return line
+
+
 def check_fresh_output(out: Path, stage: str, overwrite: bool) -> None:
     """Refuse to start a new run in a folder that holds one (unless ``overwrite``, which clears
     the old run's markers first: its ``done.json``, ``resume.pt`` and ``metrics.jsonl``)."""
@@ -257,6 +283,7 @@ def train_loop(
 
     last_record: dict[str, Any] = {}
     bar = tqdm(total=total_steps, initial=step, desc=s.name, disable=not progress, unit="step")
+    log = ProgressLog(s.name, total_steps, step, enabled=None if main_proc and not progress else False)
     t0 = time.time()
     while step < total_steps:
         epoch, start = divmod(step, steps_per_epoch)
@@ -293,6 +320,7 @@ def train_loop(
             count += 1
             bar.update(1)
             bar.set_postfix(loss=f"{logged['loss']:.4f}", epoch=epoch)
+            log.update(step)
             if main_proc and s.log_every and step % s.log_every == 0:
                 append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, **logged,
                                                      "lr": optimizer.param_groups[0]["lr"]})

@@ -122,6 +122,25 @@ def _settings(cfg: MakePseudoConfig) -> dict:
     return settings
 
 
+def warn_if_background_only(out: Path, ids: list[str], sample: int = 500, share: float = 0.98) -> float:
+    """Say so when (a sample of) the masks are nearly all background: training a segmenter on them
+    would learn background only. Returns the background share of the labelled pixels."""
+    import numpy as np
+
+    from wsss.io import read_mask
+
+    step = max(1, len(ids) // sample)
+    counts = np.zeros(256, np.int64)
+    for image_id in ids[::step]:
+        counts += np.bincount(read_mask(out / f"{image_id}.png").ravel(), minlength=256)
+    labelled = counts[:255].sum()
+    bg = float(counts[0] / labelled) if labelled else 1.0
+    if bg >= share:
+        print(f"make-pseudo: warning: {100 * bg:.1f}% of the labelled pixels of these masks are background; a "
+              "segmenter trained on them learns background only. Lower --threshold or check the CAMs (wsss eval-cam).")
+    return bg
+
+
 def check_cam_folder(cam_dir: str | Path, ids: list[str]) -> None:
     """Every image has a CAM file in ``cam_dir``, or a one-line error; called before the output's
     manifest is written, so a mistyped folder leaves nothing behind that blocks the fix."""
@@ -155,6 +174,7 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     else:
         _map_images(cfg, ds, out, progress)
     if dist.is_main():
+        warn_if_background_only(out, ds.ids)
         write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
         print(f"make-pseudo done: {len(ds.ids)} masks in {out}. Next: wsss eval --pred {out} --gt <ground truth>, "
               f"or wsss train-seg --masks {out}")

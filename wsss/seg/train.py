@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from wsss.config import ConfigError
 from wsss.data import DataConfig, build_dataset
@@ -34,8 +35,9 @@ from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.syncbn import convert_sync_batchnorm
-from wsss.engine.loop import LoopSettings, check_fresh_output, SeededTrainSet, make_optimizer, train_loop
+from wsss.engine.loop import LoopSettings, SeededTrainSet, check_fresh_output, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image, write_text
+from wsss.metrics import collapse_warning
 from wsss.seg.model import Segmenter, build_segmenter
 from wsss.seg.transforms import seg_train_transform
 
@@ -182,6 +184,9 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
         if val_ds is None or not (final or (epoch + 1) % max(1, cfg.val_every) == 0):
             return {}
         metrics = evaluate_segmenter(model, val_ds, base_size=cfg.base_size, progress=progress and dist.is_main())
+        warning = collapse_warning(metrics.confusion, val_ds.class_names, "val pixels predicted")
+        if warning and dist.is_main():
+            tqdm.write(f"train-seg epoch {epoch}: {warning}")
         return {"mIoU": 100 * metrics.miou, "FP": 100 * metrics.mean_fp, "FN": 100 * metrics.mean_fn}
 
     settings = LoopSettings(
