@@ -14,7 +14,7 @@ Two diagnostics separate the boundary net from the walk:
   by ``s`` on those edge cells and 0 elsewhere, for a few strengths ``s``. They say what the walk
   does with the seeds when the boundaries are right.
 
-    python benchmarks/irn_on_blurred_seeds.py --data-root runs/demo/toy --weights runs/demo/cls_resnet/model.safetensors
+    python benchmarks/irn_on_blurred_seeds.py --data-root runs/demo/toy --weights builtin:resnet_tiny
 """
 from __future__ import annotations
 

@@ -168,3 +168,75 @@ def test_cuda_without_a_gpu_and_worker_errors_are_one_line(toy_root, tmp_path):
     msg = _refused(_train_cls(root, tmp_path / "run2", "--workers", "2", "--device", "cpu"))
     assert "JPEGImages" in msg and "Original Traceback" not in msg and "File \"" not in msg
     assert len(msg.strip().splitlines()) <= 2, msg
+
+
+def test_pool_workers_die_with_a_parent_killed_by_sigkill(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from wsss.engine.workers import die_with_parent\n"
+        "def pid(_):\n    time.sleep(0.5)\n    return os.getpid()\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(2, initializer=die_with_parent)\n"
+        "    print(' '.join(str(p) for p in set(pool.map(pid, range(4)))), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert workers and parent.pid not in workers
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # a zombie waiting to be reaped is dead
+            return f.read().split()[2] != "Z"
+
+    deadline = time.time() + 20
+    while time.time() < deadline and any(alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(alive(p) for p in workers)
+
+
+def test_an_interrupted_stage_says_what_it_kept_and_the_command_that_continues(toy_root, tmp_path, monkeypatch):
+    import shlex
+
+    import torch
+
+    out = tmp_path / "my run"
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted)
+    (tmp_path / "cls.yaml").write_text("train_cls: {save_every: 2}\n")
+    args = [str(a) for a in _train_cls(toy_root, out, "--max-steps", "4", "--overwrite",
+                                       "--config", tmp_path / "cls.yaml")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    said = result.output.strip().splitlines()[-1]
+    assert said.startswith("interrupted: the last checkpoint, step 2, is in") and "Traceback" not in result.output
+    command = said.split("To continue: ", 1)[1]
+    parts = shlex.split(command)
+    assert parts[:2] == ["wsss", "train-cls"] and "--resume" in parts and "--overwrite" not in parts
+    assert parts[parts.index("--out") + 1] == str(out)  # the path with a space pastes as one argument
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert CliRunner().invoke(main, parts[1:]).exit_code == 0
+    assert (out / "done.json").is_file()
+

@@ -105,3 +105,32 @@ def test_pretrain_list_prints_each_builtin_with_its_manifest_line():
     assert result.exit_code == 0
     for name, entry in builtin.list_builtin().items():
         assert f"builtin:{name}" in result.output and entry["command"] in result.output
+
+
+@pytest.mark.parametrize("name", sorted(builtin.list_builtin()))
+def test_each_builtin_loads_strictly_wherever_a_weights_file_does(name):
+    from safetensors.torch import load_file
+
+    from wsss.cls.models import build_classifier
+    from wsss.models import build_backbone, load_weights
+
+    entry = builtin.list_builtin()[name]
+    path = builtin.resolve_weights(f"builtin:{name}")
+    assert path.stat().st_size == entry["bytes"] <= builtin.MAX_BYTES
+    import hashlib
+
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    state = load_file(str(path))
+    report = load_weights(build_backbone(entry["model"]), f"builtin:{name}", strict=True, log=lambda _: None)
+    assert not report.missing and not report.unexpected and not report.mismatched
+    # the train-cls classifier (heads re-initialised), and for ResNets IRNet and the segmenter's backbone
+    clf = build_classifier(entry["model"], 8, pretrained=f"builtin:{name}")
+    if entry["model"].startswith("resnet"):
+        assert torch.equal(clf.backbone.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+        from wsss.pseudo.irnet import BoundaryNet
+        from wsss.seg.model import build_segmenter
+
+        irn = BoundaryNet(entry["model"], weights=f"builtin:{name}")
+        assert torch.equal(irn.backbone.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+        seg = build_segmenter("fcn", entry["model"], 9, pretrained=f"builtin:{name}", channels=16)
+        assert torch.equal(seg.backbone.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])

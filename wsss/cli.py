@@ -37,10 +37,57 @@ def _out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
 
 
+TRAINING_COMMANDS = ("pretrain", "train-cls", "train-irn", "train-seg")
+
+
+def continue_command(argv: list[str]) -> str:
+    """The shell-quoted command that continues an interrupted ``wsss`` call: the same one, with
+    ``--resume`` for a training stage (and without ``--overwrite``, which would start again)."""
+    import shlex
+
+    args = [a for a in argv if a != "--overwrite"]
+    if args and args[0] in TRAINING_COMMANDS and "--resume" not in args:
+        args.append("--resume")
+    return "wsss " + shlex.join(args)
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """What an interrupted stage kept, and the command that continues it."""
+    kept = "every output file already written is complete (outputs are written atomically)"
+    if argv and "--out" in argv[:-1]:
+        out = Path(argv[argv.index("--out") + 1])
+        resume = out / "resume.pt"
+        if argv[0] in TRAINING_COMMANDS and resume.is_file():
+            import torch
+
+            step = torch.load(resume, map_location="cpu", weights_only=True).get("step")
+            kept = f"the last checkpoint, step {step}, is in {resume}"
+        elif out.is_dir():
+            kept = f"the {sum(1 for _ in out.glob('*.png')) + sum(1 for _ in out.glob('*.npz'))} files finished in {out} are kept"
+    return f"interrupted: {kept}. To continue: {continue_command(argv)}"
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class WsssGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["wsss.argv"] = list(args)  # for the command that continues an interrupted stage
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
+        import signal
+
+        try:
+            signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        except ValueError:  # not the main thread
+            pass
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\n" + interrupted_message(ctx.meta.get("wsss.argv", [])), err=True)
+            sys.exit(130)
         except USER_ERRORS as e:
             raise click.ClickException(_one_line(e)) from e
         except (MemoryError, RuntimeError) as e:

@@ -439,8 +439,10 @@ def _write_sample(job: tuple[str, int, int, int, str]) -> tuple[str, list[int]]:
 
 
 def _init_worker() -> None:
-    # Workers are already one per core; OpenCV's own threads would oversubscribe.
-    cv2.setNumThreads(1)
+    # Workers are already one per core; OpenCV's own threads would oversubscribe; and they end with their parent.
+    from wsss.engine.workers import init_render_worker
+
+    init_render_worker()
 
 
 def _expected_files(root: Path, ids: dict[str, list[str]]) -> list[Path]:

@@ -34,6 +34,7 @@ from wsss.cam.extract import load_cam
 from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
+from wsss.engine.workers import die_with_parent
 from wsss.io import WsssDataError, read_image, read_image_size, write_json, write_mask
 from wsss.metrics import cam_to_mask
 from wsss.pseudo.train_irn import TrainIrnConfig
@@ -101,7 +102,7 @@ def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     bar = tqdm(total=len(todo), desc=f"make-pseudo {cfg.refine}", disable=not (progress and dist.is_main()),
                unit="img")
     if cfg.workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(cfg.workers) as pool:
+        with ProcessPoolExecutor(cfg.workers, initializer=die_with_parent) as pool:
             for _ in pool.map(partial(_one, cfg=cfg), todo, paths, chunksize=4):
                 bar.update(1)
     else:
