@@ -240,3 +240,49 @@ def test_an_interrupted_stage_says_what_it_kept_and_the_command_that_continues(t
     assert CliRunner().invoke(main, parts[1:]).exit_code == 0
     assert (out / "done.json").is_file()
 
+
+
+def test_printed_next_commands_paste_with_the_data_options(tmp_path):
+    import shlex
+
+    from wsss.cam.extract import save_cam
+    from wsss.io import write_mask
+
+    root = tmp_path / "my data"
+    _folder_tree(root)
+    for i in range(4):
+        write_mask(root / "masks" / f"im{i}.png", np.full((32, 32), 1 + i % 2, np.uint8))
+    cams = tmp_path / "cam dir"
+    for i in range(4):
+        save_cam(cams / f"im{i}.npz", {"keys": np.array([i % 2]), "cam": np.ones((1, 8, 8), np.float32),
+                                       "high_res": np.ones((1, 32, 32), np.float32)})
+    out = tmp_path / "pseudo masks"
+    result = _invoke(["make-pseudo", "--cam-dir", cams, "--data-kind", "folder", "--data-root", root, "--split", "all",
+                      "--refine", "none", "--out", out])
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.output.splitlines() if "Next: " in l).split("Next: ", 1)[1]
+    eval_cmd, seg_cmd = (shlex.split(part) for part in line.split(" , or: "))
+    assert eval_cmd[:2] == ["wsss", "eval"] and eval_cmd[eval_cmd.index("--pred") + 1] == str(out)
+    assert seg_cmd[:2] == ["wsss", "train-seg"]
+    for opt, value in (("--data-kind", "folder"), ("--data-root", str(root)), ("--split", "all"), ("--masks", str(out))):
+        assert seg_cmd[seg_cmd.index(opt) + 1] == value
+    pasted = _invoke(eval_cmd[1:])
+    assert pasted.exit_code == 0 and "mIoU" in pasted.output, pasted.output
+
+
+def test_the_settings_users_shrink_first_have_options(toy_root, tmp_path):
+    import yaml
+
+    out = tmp_path / "cls"
+    result = _invoke(_train_cls(toy_root, out, "--resize-long", "24,40", "--optimizer", "sgd"))
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["resize_long"] == [24, 40] and saved["optimizer"] == "sgd"
+    assert "MIN,MAX" in _refused(_train_cls(toy_root, tmp_path / "x", "--resize-long", "24"))
+    seg = tmp_path / "seg"
+    result = _invoke(["train-seg", "--data-root", toy_root, "--head", "fcn", "--backbone", "resnet_tiny", "--channels", "8",
+                      "--base-size", "48", "--val-every", "3", "--iterations", "1", "--batch-size", "2", "--crop", "32",
+                      "--workers", "0", "--device", "cpu", "--val-split", "", "--out", seg])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((seg / "config.yaml").read_text())
+    assert (saved["channels"], saved["base_size"], saved["val_every"]) == (8, 48, 3)

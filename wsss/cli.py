@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from wsss.config import ConfigError, load_config
+from wsss.config import ConfigError, data_options, load_config, shell_command
 from wsss.io import WsssDataError
 from wsss.models.weights import WeightsMismatchError
 
@@ -69,6 +69,16 @@ def interrupted_message(argv: list[str]) -> str:
 
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _int_pair(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not MIN,MAX (two whole numbers)", param_hint=option)
+    return [lo, hi]
 
 
 class WsssGroup(click.Group):
@@ -135,7 +145,7 @@ def make_toy_cmd(out: Path, size: int, num_train: int, num_val: int, seed: int, 
     click.echo(f"synthetic dataset ready at {root}")
     click.echo(f"  images:  {root / 'JPEGImages'}\n  masks:   {root / 'SegmentationClass'}")
     click.echo(f"  labels:  {root / 'cls_labels.npy'}\n  splits:  {root / 'ImageSets' / 'Segmentation'}")
-    click.echo(f"next: wsss eval --pred {root / 'SegmentationClass'} --gt {root / 'SegmentationClass'}")
+    click.echo("next: " + shell_command("eval", "--pred", root / "SegmentationClass", "--gt", root / "SegmentationClass"))
 
 
 @main.command("eval")
@@ -246,6 +256,8 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 384].")
 @click.option("--lr", type=float, default=None, help="CNN/backbone learning rate, poly decay [default: 5e-4].")
+@click.option("--resize-long", default=None, help="Range of the random long-side resize, MIN,MAX pixels [default: 320,640].")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None, help="Optimiser [default: adamw].")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per GPU/process [default: 2].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto, a GPU if present].")
@@ -254,7 +266,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_split, model, pretrained, strict_load, detach_branches,
-                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resume, overwrite) -> None:
+                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, optimizer, resume, overwrite) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
@@ -266,7 +278,7 @@ def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_sp
         "pretrained": pretrained, "strict_load": strict_load, "detach_branches": detach_branches, "epochs": epochs,
         "partial_pool": partial_pool, "region_masks": region_masks,
         "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
-        "device": device, "seed": seed, "out": out,
+        "device": device, "seed": seed, "resize_long": _int_pair(resize_long, "--resize-long"), "optimizer": optimizer, "out": out,
     }, section="train_cls")
     train_cls(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
@@ -302,7 +314,7 @@ def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, s
     }, section="extract_cam")
     result = extract_cams(cfg, progress=sys.stderr.isatty())
     click.echo(f"CAMs written to {result}")
-    click.echo(f"next: wsss eval-cam --cam-dir {result} --data-root {cfg.data.root} --split {cfg.data.split}")
+    click.echo("next: " + shell_command("eval-cam", "--cam-dir", result, *data_options(cfg.data)))
 
 
 @main.command("eval-cam")
@@ -445,6 +457,9 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
 @click.option("--lr", type=float, default=None, help="Learning rate, poly decay per iteration [default: 0.01].")
+@click.option("--channels", type=click.IntRange(1), default=None, help="Head width (512 in the papers) [default: 512].")
+@click.option("--base-size", type=click.IntRange(16), default=None, help="Images are fit to (4 x base, base) before random scaling, pixels [default: 512].")
+@click.option("--val-every", type=click.IntRange(1), default=None, help="Score the val split every this many epochs (and at the end) [default: 1].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per process [default: 2].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
 @click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
@@ -452,7 +467,7 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks, val_split, head, backbone, pretrained, iterations,
-                  batch_size, crop, lr, workers, device, seed, out, resume, overwrite) -> None:
+                  batch_size, crop, lr, workers, device, seed, out, channels, base_size, val_every, resume, overwrite) -> None:
     """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-seg ... (SyncBatchNorm, same results as one process).
@@ -463,7 +478,7 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
         "data.kind": data_kind, "data.val_fraction": val_fraction, "data.root": data_root, "data.split": split, "data.masks": masks,
         "val_split": val_split, "head": head, "backbone": backbone, "pretrained": pretrained,
         "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "workers": workers,
-        "device": device, "seed": seed, "out": out,
+        "device": device, "seed": seed, "channels": channels, "base_size": base_size, "val_every": val_every, "out": out,
     }, section="train_seg")
     train_seg(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 

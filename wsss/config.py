@@ -257,3 +257,24 @@ def pending_ids(ids: Sequence[str], out: str | Path, suffix: str, what: str, ove
     if announce and len(todo) < len(ids):
         print(f"{len(ids) - len(todo)} of {len(ids)} {what} already in {out}; continuing")
     return todo
+
+
+def shell_command(*parts: Any) -> str:
+    """A ``wsss`` command line that pastes into a shell as it is (every part quoted as needed)."""
+    import shlex
+
+    return "wsss " + " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def data_options(data: Any, split: str | None = None) -> list[str]:
+    """The command-line options that name ``data`` (a :class:`wsss.data.DataConfig`), so a printed
+    next command reads the same images: kind, root, split, and the label / mask / list overrides."""
+    opts = ["--data-kind", data.kind, "--data-root", data.root, "--split", split or data.split]
+    return opts
+
+
+def gt_folder(ds: Any) -> str:
+    """The ground-truth mask folder of a dataset, for a printed ``wsss eval`` command."""
+    if getattr(ds, "mask_dirs", None):
+        return str(ds.mask_dirs[0])
+    return str(getattr(ds, "mask_dir", "<ground-truth masks>"))

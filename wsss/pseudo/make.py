@@ -177,8 +177,11 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     if dist.is_main():
         warn_if_background_only(out, ds.ids)
         write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
-        print(f"make-pseudo done: {len(ds.ids)} masks in {out}. Next: wsss eval --pred {out} --gt <ground truth>, "
-              f"or wsss train-seg --masks {out}")
+        from wsss.config import data_options, gt_folder, shell_command
+
+        print(f"make-pseudo done: {len(ds.ids)} masks in {out}. Next: "
+              + shell_command("eval", "--pred", out, "--gt", gt_folder(ds)) + " , or: "
+              + shell_command("train-seg", *data_options(cfg.data), "--masks", out, "--out", f"{out}_seg"))
     dist.barrier()
     return out
 

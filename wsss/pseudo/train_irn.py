@@ -189,8 +189,11 @@ def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True, 
     if last is None:
         return out
     if dist.is_main():
-        print(f"train-irn done: weights {out / WEIGHTS_NAME}. Next: wsss make-pseudo --refine irn "
-              f"(boundary net from {out})")
+        from wsss.config import data_options, shell_command
+
+        print(f"train-irn done: weights {out / WEIGHTS_NAME}. Next: "
+              + shell_command("make-pseudo", "--refine", "irn", "--irn-dir", out, "--cam-dir", "<CAM folder>",
+                              *data_options(cfg.data), "--out", f"{out}_pseudo"))
     dist.barrier()
     return out
 

@@ -213,5 +213,8 @@ def predict(cfg: PredictConfig, progress: bool = True) -> Path:
     dist.barrier()
     if dist.is_main():
         write_json(out / "done.json", {"images": len(ds.ids), "mode": cfg.mode, "scales": list(cfg.scales)})
-        print(f"predict done: {len(ds.ids)} masks in {out}. Next: wsss eval --pred {out} --gt <ground-truth masks>")
+        from wsss.config import gt_folder, shell_command
+
+        print(f"predict done: {len(ds.ids)} masks in {out}. Next: "
+              + shell_command("eval", "--pred", out, "--gt", gt_folder(ds)))
     return out

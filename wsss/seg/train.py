@@ -206,6 +206,10 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
         msg = f"train-seg done: weights {out / ckpt.WEIGHTS_NAME}"
         if "val_mIoU" in last:
             msg += f", val mIoU {last['val_mIoU']:.2f} (single scale)"
-        print(msg + f". Next: wsss predict --seg-dir {out} --out <folder>")
+        from wsss.config import data_options, shell_command
+
+        split = cfg.val_split or cfg.data.split
+        print(msg + ". Next: " + shell_command("predict", "--seg-dir", out, *data_options(cfg.data, split),
+                                               "--out", f"{out}_pred_{split}"))
     dist.barrier()
     return out
