@@ -226,3 +226,40 @@ def test_two_processes_share_the_images_and_write_what_one_writes(cls_dirs, toy_
         a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
         np.testing.assert_array_equal(a["keys"], b["keys"])
         np.testing.assert_allclose(a["high_res"], b["high_res"], rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_too_large_for_memory_is_refused_with_the_max_side_that_fits(cls_dirs, toy_root, tmp_path, monkeypatch):
+    import wsss.cam.extract as extract
+    from wsss.cam.extract import estimate_peak_bytes
+    from wsss.cls.models import load_trained_classifier
+
+    model, _ = load_trained_classifier(cls_dirs["conformer_tiny"])
+    # the estimate grows with the image, and the attention methods' N x N matrices dominate large ones
+    small, large = (estimate_peak_bytes(model, "adcam", s, s, (1.0, 2.0), True) for s in (64, 512))
+    assert large > 16 * small
+    assert estimate_peak_bytes(model, "adcam", 512, 512, (1.0,), True) > estimate_peak_bytes(model, "cam", 512, 512, (1.0,), True)
+    free = estimate_peak_bytes(model, "adcam", 40, 40, (1.0, 0.5), True)
+    monkeypatch.setattr(extract, "available_bytes", lambda device: free)
+    args = ["extract-cam", "--cls-dir", str(cls_dirs["conformer_tiny"]), "--method", "adcam", "--data-root", str(toy_root),
+            "--split", "val", "--scales", "1.0,0.5", "--device", "cpu", "--out", str(tmp_path / "cams")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    said = result.output.strip()
+    assert "needs about" in said and "--max-side" in said and len(said.splitlines()) == 1
+    side = int(said.split("--max-side ")[1].split()[0])
+    assert side <= 40
+    result = CliRunner().invoke(main, args + ["--max-side", str(side)])
+    assert result.exit_code == 0, result.output
+    ds = VOCDataset(toy_root, "val")
+    cams = load_cam(tmp_path / "cams", ds.ids[0])
+    assert cams["high_res"].shape[1:] == (64, 64) and cams["cam"].shape[1:] == (16, 16)
+    # the same as extracting from the downscaled image and resizing the maps up by hand
+    import cv2
+
+    sample = ds.load(ds.ids[0], with_mask=False)
+    cfg = ExtractCamConfig(method="adcam", scales=(1.0, 0.5), device="cpu")
+    small = cv2.resize(sample.image, (side, side), interpolation=cv2.INTER_AREA)
+    ref = torch.from_numpy(compute_cams(model, small, sample.label, cfg, torch.device("cpu"))["high_res"])
+    ref = F.interpolate(ref[None], (64, 64), mode="bilinear", align_corners=False)[0]
+    ref /= ref.flatten(1).max(1)[0][:, None, None] + 1e-5
+    np.testing.assert_allclose(cams["high_res"], ref.numpy(), atol=1e-5)

@@ -117,6 +117,11 @@ class ExtractCamConfig:
     IRN's ``make_cam`` writes: ``keys``, ``cam`` as a CPU torch tensor, ``high_res``; what
     IRN-based code such as its ``make_sem_seg_labels`` loads). Every wsss stage reads both.
     out: folder of per-image CAM files. overwrite: redo images already written.
+    max_side: images whose long side is larger are downscaled to it before extraction and the
+    maps resized back to the full image (none: never). Before each image the peak memory of the
+    method at its largest scale is estimated (:func:`estimate_peak_bytes`); one that would not fit
+    in the memory available is refused with the ``--max-side`` that fits, instead of swapping
+    or being killed (a trial on a 4000 x 3000 image asked for 35 GB).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -131,10 +136,63 @@ class ExtractCamConfig:
     file_format: str = "npz"
     out: str = "runs/cam"
     overwrite: bool = False
+    max_side: int | None = None
+
+
+ATTENTION_METHODS = ("adcam", "attn-diffusion", "tscam")
+# Peak bytes per input pixel of one image in the batch for the CNN forward, measured for Conformer-S/16
+# (776 MiB for a flipped pair at 1000 x 750, README); ResNet-50 CAM nets are of the same order.
+_CNN_BYTES_PER_PIXEL = 550
+
+
+def estimate_peak_bytes(model: torch.nn.Module, method: str, h: int, w: int, scales, flip: bool) -> int:
+    """Rough peak memory of one image's extraction at its largest scale: the CNN forward
+    (proportional to pixels) plus, for the attention methods, the N x N token matrices (one block's
+    per-head attention for the batch, the running mean, Eq. 6's similarity and the refined matrix)."""
+    s = max(scales)
+    batch = 2 if flip else 1
+    hs, ws = math.ceil(h * s), math.ceil(w * s)
+    total = batch * hs * ws * _CNN_BYTES_PER_PIXEL
+    if method in ATTENTION_METHODS:
+        n = math.ceil(hs / 16) * math.ceil(ws / 16) + 1
+        heads = getattr(getattr(model, "net", None), "num_heads", 6)
+        total += (batch * (heads + 1) + 3) * n * n * 4
+    return int(total)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory where the maps are computed: the GPU's free memory, or Linux's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(model: torch.nn.Module, cfg: "ExtractCamConfig", image_id: str, h: int, w: int,
+                 device: torch.device, free: int | None) -> None:
+    """Refuse an image whose estimated peak exceeds the free memory, naming the ``--max-side`` that fits."""
+    need = estimate_peak_bytes(model, cfg.method, h, w, cfg.scales, cfg.flip)
+    if free is None or need <= free:
+        return
+    side = max(h, w)
+    while side > 16 and estimate_peak_bytes(model, cfg.method, round(h * side / max(h, w)), round(w * side / max(h, w)),
+                                            cfg.scales, cfg.flip) > free:
+        side = int(side * 0.9)
+    raise WsssDataError(
+        f"image '{image_id}' ({w} x {h}) needs about {need / 2 ** 30:.1f} GiB for {cfg.method} at scale {max(cfg.scales)}, "
+        f"more than the {free / 2 ** 30:.1f} GiB free on {device.type}. Pass --max-side {side} (larger images are "
+        "downscaled for extraction, the maps resized back), or use smaller --scales."
+    )
 
 
 CAM_FILE_SUFFIX = {"npz": ".npz", "irn": ".npy"}
-MANIFEST_IMPLIED = {"file_format": "npz"}
+MANIFEST_IMPLIED = {"file_format": "npz", "max_side": None}
 """What a CAM folder's manifest written before ``file_format`` existed means: .npz files."""
 
 
@@ -173,6 +231,46 @@ def compute_cams(
     cam /= cam.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(keys) else 1
     high /= high.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(keys) else 1
     return {"keys": keys, "cam": cam.cpu().numpy(), "high_res": high.cpu().numpy()}
+
+
+def _check_sizes_fit(model: torch.nn.Module, cfg: ExtractCamConfig, ds, device: torch.device, free: int | None) -> None:
+    """:func:`check_memory` for the largest image of the split (sizes read from the file headers)."""
+    from PIL import Image
+
+    if free is None:
+        return
+    biggest, size = None, (0, 0)
+    for image_id in ds.ids:
+        with Image.open(ds.image_path(image_id)) as im:
+            w, h = im.size
+        if cfg.max_side and max(h, w) > cfg.max_side:
+            f = cfg.max_side / max(h, w)
+            h, w = max(1, round(h * f)), max(1, round(w * f))
+        if h * w > size[0] * size[1]:
+            biggest, size = image_id, (h, w)
+    if biggest is not None:
+        check_memory(model, cfg, biggest, size[0], size[1], device, free)
+
+
+def extract_one(model: torch.nn.Module, image: np.ndarray, label: np.ndarray, cfg: ExtractCamConfig,
+                device: torch.device, image_id: str, free: int | None) -> dict[str, np.ndarray]:
+    """:func:`compute_cams` on the image, or on it downscaled to ``cfg.max_side`` with the maps resized
+    back to the full image's stride-4 and full-size grids (max-normalised again); checks memory first."""
+    h, w = image.shape[:2]
+    small = image
+    if cfg.max_side and max(h, w) > cfg.max_side:
+        f = cfg.max_side / max(h, w)
+        small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    check_memory(model, cfg, image_id, small.shape[0], small.shape[1], device, free)
+    cams = compute_cams(model, small, label, cfg, device)
+    if small is image:
+        return cams
+    out = {"keys": cams["keys"]}
+    for key, size in (("cam", (math.ceil(h / 4), math.ceil(w / 4))), ("high_res", (h, w))):
+        m = F.interpolate(torch.from_numpy(cams[key])[None], size, mode="bilinear", align_corners=False)[0]
+        m /= m.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(cams["keys"]) else 1
+        out[key] = m.numpy()
+    return out
 
 
 def save_cam(path: str | Path, cams: dict[str, np.ndarray]) -> Path:
@@ -241,13 +339,15 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     check_output_settings(out, manifest, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     ds = build_dataset(cfg.data)
     model, _ = load_trained_classifier(cfg.cls_dir, device)
+    free = available_bytes(device)
+    _check_sizes_fit(model, cfg, ds, device, free)  # before the manifest: a refusal leaves nothing behind
     if dist.is_main():
         prepare_output(out, manifest, cfg, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     dist.barrier()
     todo = pending_ids(ds.ids, out, suffix, "CAM files", cfg.overwrite)
     for image_id in tqdm(todo, desc=f"extract-cam {cfg.method}", disable=not (progress and dist.is_main()), unit="img"):
         sample = ds.load(image_id, with_mask=False)
-        save_cam(out / f"{image_id}{suffix}", compute_cams(model, sample.image, sample.label, cfg, device))
+        save_cam(out / f"{image_id}{suffix}", extract_one(model, sample.image, sample.label, cfg, device, image_id, free))
         for other in set(CAM_FILE_SUFFIX.values()) - {suffix}:  # after --overwrite in the other format
             (out / f"{image_id}{other}").unlink(missing_ok=True)
     dist.barrier()
