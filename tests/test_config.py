@@ -79,3 +79,18 @@ def test_a_stage_reads_its_own_saved_config_and_refuses_a_file_without_its_secti
         load_config(MakePseudoConfig, tmp_path / "recipe.yaml", section="make_pseudo")
     (tmp_path / "both.yaml").write_text("make_pseudo:\n  threshold: 0.3\ntrain_cls:\n  epochs: 3\n")
     assert load_config(MakePseudoConfig, tmp_path / "both.yaml", section="make_pseudo").threshold == 0.3
+
+
+def test_irn_presets_train_the_cam_net_with_irns_effective_momentum():
+    """IRN's PolyOptimizer hands weight_decay (1e-4) to SGD's momentum slot: every IRN-recipe ResNet
+    CAM net trains with momentum 1e-4."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "configs" / "voc_resnet50.yaml").read_text())["train_cls"]
+    assert cfg["optimizer"] == "sgd" and cfg["momentum"] == 1e-4
+    recipe = yaml.safe_load((root / "pipelines" / "voc_r50_cam_irn.yaml").read_text())
+    cls_steps = [s["settings"] for s in recipe["steps"] if s["stage"] == "train_cls"]
+    assert cls_steps and all(s["momentum"] == 1e-4 for s in cls_steps if s.get("optimizer") == "sgd")

@@ -198,3 +198,17 @@ def test_train_with_partial_pooling_then_extract_partial_cams(toy_root, tmp_path
     with pytest.raises(Exception, match="region mask"):
         train_cls(_cfg(toy_root, tmp_path / "q", partial_pool=2, max_steps=1, val_split=None,
                        region_masks=str(tmp_path / "nowhere")), progress=False)
+
+
+def test_the_resnet_cam_classifier_starts_as_irns_does():
+    """IRN leaves its 1x1 classifier at PyTorch's default init: uniform(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in)."""
+    import math
+
+    from wsss.cls.models import ResNetCAMNet
+
+    torch.manual_seed(0)
+    net = ResNetCAMNet("resnet_tiny", 200)
+    w = net.classifier.weight
+    fan_in = w.shape[1]
+    assert float(w.abs().max()) <= 1 / math.sqrt(fan_in) + 1e-7
+    assert abs(float(w.std()) * math.sqrt(3 * fan_in) - 1) < 0.05
