@@ -231,6 +231,32 @@ def test_train_transform_shapes_and_fill():
     assert set(np.unique(y)) == {1, 255}  # the padding is unknown
 
 
+def test_stride4_labels_sample_as_irns_pil_rescale():
+    """IRN: imutils.pil_rescale(label, 0.25, 0) = PIL's nearest resize of the crop to a quarter."""
+    from PIL import Image
+
+    from wsss.pseudo import train_irn
+
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 6, (64, 64)).astype(np.uint8)
+    crop = label.copy()
+    # identity augmentation: scale 1, no flip, a crop equal to the image
+    class Fixed:
+        def uniform(self, lo, hi):
+            return 1.0
+
+        def random(self):
+            return 1.0
+
+        def integers(self, lo, hi):
+            return 0
+
+    _, y = train_irn.irn_train_transform(np.zeros((64, 64, 3), np.uint8), crop, Fixed(), scale_range=(1, 1), crop=64)
+    pil = np.asarray(Image.fromarray(label).resize((16, 16), resample=Image.NEAREST))
+    np.testing.assert_array_equal(y, pil)
+    np.testing.assert_array_equal(y, label[2::4, 2::4])
+
+
 @pytest.fixture(scope="module")
 def ir_labels(toy_root, tmp_path_factory):
     """Stand-in IR labels: the toy ground truth with a void band at each mask's edges."""

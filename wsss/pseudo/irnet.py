@@ -180,7 +180,8 @@ def affinity_labels(
     """IRN's affinity labels from a stride-4 IR label.
 
     ``label``: ``(..., h, w)`` class indices, 255 unknown; IRN takes it from the training crop with
-    nearest-neighbour downsampling by 4 (``crop_label[::4, ::4]``). Returns float32 ``bg_pos``,
+    PIL's nearest-neighbour downsampling by 4, which samples pixel centres: cell ``i`` takes pixel
+    ``4 i + 2`` (``crop_label[2::4, 2::4]``). Returns float32 ``bg_pos``,
     ``fg_pos``, ``neg``, each ``(..., D, hc, wc)`` (:meth:`PathIndex.window`): 1 where the pair
     (source, source + direction) is both background / the same foreground class / two different
     known labels; pairs with an unknown end are in none of them.

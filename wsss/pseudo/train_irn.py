@@ -14,7 +14,7 @@ builds the config. Inputs: the images of ``data`` and one IR label per image in 
 IRN's recipe (``step/train_irn.py``, ``voc12/dataloader.py: VOC12AffinityDataset``): random
 rescale 0.5-1.5 (image cubic, label nearest), horizontal flip, ImageNet normalisation, random
 512 crop (image padded with 0 = the mean colour, label with 255), label reduced to stride 4 by
-nearest sampling; 3 epochs of batch 32, last incomplete batch dropped; SGD, lr 0.1 with poly
+PIL's nearest sampling (pixel 4i + 2); 3 epochs of batch 32, last incomplete batch dropped; SGD, lr 0.1 with poly
 decay (power 0.9) per step, weight decay 1e-4 on the branch only.
 
 Data order and augmentation depend only on (seed, epoch, index), as in ``train-cls``, so a
@@ -93,9 +93,10 @@ def irn_train_transform(
 
     ``image`` (H, W, 3) uint8, ``label`` (H, W) uint8. Random rescale (image cubic, label
     nearest), horizontal flip (p = 0.5), normalise, random crop (pad: image 0, label 255), label
-    sampled every 4th pixel. Returns ``(3, crop, crop)`` float32 and ``(ceil(crop/4),
-    ceil(crop/4))`` uint8; IRN reduces the label with ``cv2.resize(fx=0.25, INTER_NEAREST)``,
-    which is the same for crops divisible by 4.
+    reduced to stride 4 as IRN reduces it (``imutils.pil_rescale(label, 0.25, 0)``: PIL's nearest
+    resize samples pixel centres, so cell ``i`` takes pixel ``4 i + 2``, not ``4 i``). Returns
+    ``(3, crop, crop)`` float32 and ``(ceil(crop/4), ceil(crop/4))`` uint8 (a last cell past the
+    crop, for crops not divisible by 4, is unknown, 255).
     """
     scale = float(rng.uniform(scale_range[0], scale_range[1]))
     h, w = image.shape[:2]
@@ -107,7 +108,11 @@ def irn_train_transform(
         image, label = image[:, ::-1], label[:, ::-1]
     hwc = normalize(np.ascontiguousarray(image)).transpose(1, 2, 0)
     hwc, label = random_crop([hwc, label], crop, rng, [0.0, IGNORE_INDEX])
-    return np.ascontiguousarray(hwc.transpose(2, 0, 1)), np.ascontiguousarray(label[::4, ::4])
+    side = -(-crop // 4)
+    small = np.full((side, side), IGNORE_INDEX, np.uint8)
+    sampled = label[2::4, 2::4]
+    small[: sampled.shape[0], : sampled.shape[1]] = sampled
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1)), small
 
 
 class IrnTrainSet(SeededTrainSet):
