@@ -208,3 +208,29 @@ def test_refine_irn_under_torchrun_matches_one_process(toy_root, tmp_path):
     # the nets agree to float rounding, so a walk score sitting exactly on the threshold may flip
     assert differ <= total * 1e-4, (differ, total)
     assert (tmp_path / "two" / "done.json").is_file()
+
+
+def test_index_masks_hold_the_same_classes_in_one_channel(toy_root, tmp_path):
+    """--mask-format index: single-channel index PNGs (IRN-based code reads masks with imageio,
+    which returns RGB for palette PNGs); the classes equal the palette masks'."""
+    from PIL import Image
+
+    from wsss.cam.extract import save_cam
+    from wsss.data import VOCDataset
+    from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+
+    ds = VOCDataset(toy_root, "val")
+    cams = tmp_path / "cams"
+    rng = np.random.default_rng(0)
+    for i in ds.ids:
+        keys = np.flatnonzero(ds.label(i))
+        save_cam(cams / f"{i}.npz", {"keys": keys, "cam": rng.random((len(keys), 16, 16)).astype(np.float32),
+                                     "high_res": rng.random((len(keys), 64, 64)).astype(np.float32)})
+    base = dict(data=DataConfig(kind="voc", root=str(toy_root), split="val"), cam_dir=str(cams), refine="none",
+                threshold=0.5, workers=1)
+    make_pseudo(MakePseudoConfig(**base, out=str(tmp_path / "palette")), progress=False)
+    make_pseudo(MakePseudoConfig(**base, mask_format="index", out=str(tmp_path / "index")), progress=False)
+    for i in ds.ids:
+        pal, idx = Image.open(tmp_path / "palette" / f"{i}.png"), Image.open(tmp_path / "index" / f"{i}.png")
+        assert pal.mode == "P" and idx.mode == "L"
+        np.testing.assert_array_equal(np.asarray(idx), np.asarray(pal))

@@ -181,7 +181,7 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
 @main.command("pretrain")
 @click.option("--model", default=None, help="Backbone to pretrain, e.g. resnet_tiny or conformer_tiny [default: resnet_tiny].")
 @click.option("--out", default=None, help="Output folder [default: runs/pretrain].")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs over the corpus [default: 6].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs over the corpus [default: 20].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 64].")
 @click.option("--lr", type=float, default=None, help="AdamW peak learning rate (warm-up, then cosine) [default: 2e-3].")
 @click.option("--num-train", type=click.IntRange(1), default=None, help="Corpus training images [default: 10200].")
@@ -234,7 +234,8 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 
         entry = {"model": cfg.model, "classes": len(CORPUS_CLASSES),
                  "top1": round(done["val_top1"], 2), "steps": done["steps"], "settings": settings,
-                 "command": "wsss pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:])}
+                 # without --resume: the command that makes the file from nothing
+                 "command": "wsss pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--resume")}
         target = export_builtin(export_name, out_dir / BACKBONE_NAME, entry)
         click.echo(f"built-in weights builtin:{export_name} written to {target}")
 
@@ -391,17 +392,18 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="irn: where IRNet and the walk run [default: auto].")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: 2].")
+@click.option("--mask-format", type=click.Choice(["palette", "index"]), default=None, help="PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which reads masks with imageio) [default: palette].")
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
 def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
                     irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, beta, exp_times, save_scores, device,
-                    workers, out, overwrite) -> None:
+                    workers, mask_format, out, overwrite) -> None:
     """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
 
     cfg = load_config(MakePseudoConfig, config_path, {
         "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
-        "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "out": out,
+        "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "mask_format": mask_format, "out": out,
         "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
         "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop,
         "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,

@@ -159,8 +159,12 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
-    """Write a class-index mask as a palette PNG (atomic), so it does not "look black"."""
+def write_mask(path: str | os.PathLike, mask: np.ndarray, index: bool = False) -> Path:
+    """Write a class-index mask as a palette PNG (atomic), so it does not "look black"; with
+    ``index``, as a single-channel 8-bit PNG of the indices (what code reading masks with
+    ``imageio`` or OpenCV, such as IRN, gets back as indices: imageio returns RGB for palettes)."""
+    if index:
+        return write_gray(path, np.asarray(mask, dtype=np.uint8))
     return write_bytes(path, encode_mask_png(mask))
 
 

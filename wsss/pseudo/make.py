@@ -51,7 +51,10 @@ class MakePseudoConfig:
     irn_dir: an already trained boundary net (train-irn folder) instead of training one.
     beta / exp_times / radius: the random walk (Eq. 9): affinity power, 2^exp_times steps, stencil radius.
     save_scores: also write the walk's score maps (irn). device: where the boundary net and walk run.
-    workers: processes. out: folder of palette PNG masks. overwrite: redo existing masks."""
+    workers: processes. out: folder of PNG masks. overwrite: redo existing masks.
+    mask_format: ``palette`` (VOC colours, wsss's default) or ``index`` (single-channel index PNGs, for
+    IRN-based code, which reads masks with imageio: a palette PNG reads back as RGB there); the IR
+    labels (``ir_label/``) follow it too."""
 
     data: DataConfig = field(default_factory=DataConfig)
     cam_dir: str = "runs/cam"
@@ -69,6 +72,7 @@ class MakePseudoConfig:
     workers: int = 2
     out: str = "runs/pseudo"
     overwrite: bool = False
+    mask_format: str = "palette"
 
 
 def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
@@ -90,7 +94,7 @@ def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
         mask = crf_refine_cams(image, high, keys, cfg.threshold)
     else:
         mask = ir_label(image, high, keys, cfg.conf_fg, cfg.conf_bg)
-    write_mask(Path(cfg.out) / f"{image_id}.png", mask)
+    write_mask(Path(cfg.out) / f"{image_id}.png", mask, index=cfg.mask_format == "index")
     return image_id
 
 
@@ -121,6 +125,10 @@ def _settings(cfg: MakePseudoConfig) -> dict:
     else:
         settings["irn"] = {k: v for k, v in settings["irn"].items() if k != "workers"}
     return settings
+
+
+MASK_FORMAT_IMPLIED = {"mask_format": "palette"}
+"""What a mask folder's manifest written before ``mask_format`` existed means."""
 
 
 def warn_if_background_only(out: Path, ids: list[str], sample: int = 500, share: float = 0.98) -> float:
@@ -163,12 +171,14 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
     out = Path(cfg.out)
     settings = _settings(cfg)
-    check_output_settings(out, settings, "masks", cfg.overwrite)
+    if cfg.mask_format not in ("palette", "index"):
+        raise ConfigError(f"mask_format must be 'palette' or 'index', got '{cfg.mask_format}'")
+    check_output_settings(out, settings, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     ds = build_dataset(cfg.data)
     check_cam_folder(cfg.cam_dir, ds.ids)
     dist.init_distributed(cfg.device)
     if dist.is_main():
-        prepare_output(out, settings, cfg, "masks", cfg.overwrite)
+        prepare_output(out, settings, cfg, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     dist.barrier()
     if cfg.refine == "irn":
         _irn(cfg, ds, out, progress)
@@ -232,5 +242,5 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
             atomic_write(out / "scores" / f"{image_id}.npz",
                          lambda tmp: np.savez_compressed(tmp, keys=cams["keys"], scores=scores))
         # the mask last: its presence marks the image done
-        write_mask(out / f"{image_id}.png", mask)
+        write_mask(out / f"{image_id}.png", mask, index=cfg.mask_format == "index")
     dist.barrier()
