@@ -341,3 +341,33 @@ def test_train_irn_checks_its_inputs(toy_root, ir_labels, tmp_path):
         _train(_cfg(toy_root, ir_labels, tmp_path / "c", radius=10))
     with pytest.raises(Exception, match="have no IR label"):
         _train(_cfg(toy_root, tmp_path / "empty", tmp_path / "c"))
+
+
+def test_boundary_inference_pads_as_irns_edge_displacement():
+    """IRN's EdgeDisplacement: zero-pad image and mirror (after normalising) to crop_size on the
+    right/bottom, crop the logits to ceil(H/4) x ceil(W/4), average with the flipped-back mirror."""
+    import math
+
+    import torch.nn.functional as F
+
+    from wsss.cls.transforms import normalize
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        net = BoundaryNet("resnet_tiny")
+    net.eval()
+    image = np.random.default_rng(0).integers(0, 256, (37, 45, 3)).astype(np.uint8)
+    x = torch.from_numpy(normalize(image))[None]
+    x = torch.cat([x, x.flip(-1)])
+    padded = F.pad(x, [0, 64 - 45, 0, 64 - 37])
+    with torch.no_grad():
+        logits = net(padded)[..., : math.ceil(37 / 4), : math.ceil(45 / 4)]
+        expected = torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
+        got = infer_boundary(net, image, pad=64)
+        unpadded = infer_boundary(net, image, pad=0)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, unpadded)  # GroupNorm sees the padding, as in IRN
+    # an image larger than the pad size is run as it is (IRN would crop it)
+    with torch.no_grad():
+        big = np.zeros((70, 50, 3), np.uint8)
+        assert infer_boundary(net, big, pad=64).shape == (18, 13)

@@ -392,18 +392,19 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="irn: where IRNet and the walk run [default: auto].")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: 2].")
+@click.option("--irn-pad", type=click.IntRange(0), default=None, help="irn: pad images to this square before the boundary net, as IRN pads to its 512 training crop; 0 = off [default: the boundary net's training crop].")
 @click.option("--mask-format", type=click.Choice(["palette", "index"]), default=None, help="PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which reads masks with imageio) [default: palette].")
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
 def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
                     irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, beta, exp_times, save_scores, device,
-                    workers, mask_format, out, overwrite) -> None:
+                    workers, irn_pad, mask_format, out, overwrite) -> None:
     """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
 
     cfg = load_config(MakePseudoConfig, config_path, {
         "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
-        "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "mask_format": mask_format, "out": out,
+        "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "irn_pad": irn_pad, "mask_format": mask_format, "out": out,
         "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
         "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop,
         "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,

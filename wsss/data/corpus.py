@@ -20,8 +20,13 @@ demo's classes:
   no toy object wears (hexagon grid, concentric rings, zigzag, ...), where the
   texture is the class (``material_hex``..).
 
-Each image holds one object of its class, rotated, scaled, in any colour and (for
-the shape classes) any of the toy's object textures, on the toy's cluttered
+Each image holds one object of its class, rotated, scaled, in (for the shape
+classes) any of the toy's object textures. As in the toy set, and as ImageNet's
+classes have typical colours, most objects (85%) wear shades of their class's hue
+(the hues of the 102 classes are spread by the golden ratio, so the hue tells a
+class's neighbourhood, not the class); the rest take any colour. With shape as the
+only cue a tiny network trained on a CPU stays near chance for hundreds of steps
+(top-1 5% after 954 steps, corpus version 1). Objects lie on the toy's cluttered
 textured backgrounds with distractors in front and behind, at the toy's image
 scale. A sample depends only on ``(seed, split, index, size)``, so the corpus is
 deterministic whichever process renders it.
@@ -38,8 +43,9 @@ from wsss.data.toy import (
     BACKGROUND_FAMILIES, OBJECT_TEXTURES, _clutter_mask, _colour_pair, _grid, _texture,
 )
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 _SPLITS = {"train": 0, "val": 1}
+_CLASS_HUE_P = 0.85
 _BLOB_SEED = 20261201
 
 # Polygons stop at 7 sides and outlines at 6: more sides would pass for the toy's disc and ring.
@@ -237,8 +243,9 @@ def render_corpus_sample(seed: int, split: str, index: int, size: int = 128) -> 
     shape = _curve(rng, name, size, cx, cy, radius)
     surround = canvas[shape].mean(axis=0) if shape.any() else canvas.reshape(-1, 3).mean(0)
     best, best_contrast = None, -1.0
+    hue = (label * 0.6180339887) % 1.0 if rng.random() < _CLASS_HUE_P else None
     for _ in range(6):
-        o1, o2 = _colour_pair(rng)
+        o1, o2 = _colour_pair(rng, None if hue is None else hue + rng.normal(0, 0.02))
         if name.startswith("material_"):
             # a material is seen by its pattern: its two colours always contrast
             o2 = 255.0 - o1 * rng.uniform(0.6, 1.0)

@@ -252,7 +252,7 @@ def boundary_loss(
 
 @torch.no_grad()
 def infer_boundary(
-    net: BoundaryNet, image: np.ndarray, *, scales: Sequence[float] = (1.0,), flip: bool = True
+    net: BoundaryNet, image: np.ndarray, *, scales: Sequence[float] = (1.0,), flip: bool = True, pad: int = 0
 ) -> torch.Tensor:
     """Class-boundary map of one image, as IRN's ``make_sem_seg_labels`` makes it.
 
@@ -261,6 +261,11 @@ def infer_boundary(
     the stride-4 size if the scale is not 1, averaged over scales, then squashed by a sigmoid.
     Returns ``(ceil(H / 4), ceil(W / 4))`` float32 in [0, 1] on the net's device, the ``boundary``
     of :func:`wsss.pseudo.random_walk.propagate`. The net is put in eval mode.
+
+    ``pad``: as IRN's ``EdgeDisplacement`` (``crop_size`` 512, its training crop), the normalised
+    image and its mirror are zero-padded on the right and bottom to ``pad x pad`` before the net
+    and the logits cropped back, so GroupNorm sees what it saw in training; a side already longer
+    than ``pad`` is left as it is (IRN's negative padding would crop the image). 0: no padding.
     """
     net.eval()
     device = next(net.parameters()).device
@@ -275,7 +280,10 @@ def infer_boundary(
         x = torch.from_numpy(normalize(np.ascontiguousarray(scaled)))[None].to(device)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        logits = net(x).float()
+        hs, ws = x.shape[-2:]
+        if pad:
+            x = F.pad(x, [0, max(0, pad - ws), 0, max(0, pad - hs)])
+        logits = net(x).float()[..., : math.ceil(hs / 4), : math.ceil(ws / 4)]
         logit = (logits[0] + logits[1].flip(-1)) / 2 if flip else logits[0]
         if tuple(logit.shape[-2:]) != size:
             logit = F.interpolate(logit[None], size, mode="bilinear", align_corners=False)[0]

@@ -54,7 +54,9 @@ class MakePseudoConfig:
     workers: processes. out: folder of PNG masks. overwrite: redo existing masks.
     mask_format: ``palette`` (VOC colours, wsss's default) or ``index`` (single-channel index PNGs, for
     IRN-based code, which reads masks with imageio: a palette PNG reads back as RGB there); the IR
-    labels (``ir_label/``) follow it too."""
+    labels (``ir_label/``) follow it too.
+    irn_pad: pad each image to this square before the boundary net at inference, as IRN pads to
+    its training crop (``EdgeDisplacement``, 512); none = the boundary net's training crop; 0 = off."""
 
     data: DataConfig = field(default_factory=DataConfig)
     cam_dir: str = "runs/cam"
@@ -73,6 +75,7 @@ class MakePseudoConfig:
     out: str = "runs/pseudo"
     overwrite: bool = False
     mask_format: str = "palette"
+    irn_pad: int | None = None
 
 
 def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
@@ -120,15 +123,16 @@ def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
 def _settings(cfg: MakePseudoConfig) -> dict:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device")}
     if cfg.refine != "irn":
-        for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores"):
+        for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad"):
             settings.pop(k)
     else:
         settings["irn"] = {k: v for k, v in settings["irn"].items() if k != "workers"}
     return settings
 
 
-MASK_FORMAT_IMPLIED = {"mask_format": "palette"}
-"""What a mask folder's manifest written before ``mask_format`` existed means."""
+MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0}
+"""What a mask folder's manifest written before ``mask_format`` / ``irn_pad`` existed means
+(palette PNGs; boundary maps without padding)."""
 
 
 def warn_if_background_only(out: Path, ids: list[str], sample: int = 500, share: float = 0.98) -> float:
@@ -216,6 +220,9 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
         train_irn(irn_cfg, resume=True, progress=progress)
     device = dist.init_distributed(cfg.device)
     net = load_boundary_net(irn_dir, device)
+    from wsss.config import read_yaml
+
+    pad = cfg.irn_pad if cfg.irn_pad is not None else int(read_yaml(irn_dir / "config.yaml").get("crop", 0))
     todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     for image_id in tqdm(todo, desc="make-pseudo irn (walk)", disable=not (progress and dist.is_main()), unit="img"):
         cams = load_cam(cfg.cam_dir, image_id)
@@ -229,7 +236,7 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
                 "were the CAMs extracted from these images?"
             )
         with torch.no_grad():
-            boundary = infer_boundary(net, image)
+            boundary = infer_boundary(net, image, pad=pad)
             rw = propagate(torch.from_numpy(cams["cam"]).to(device), boundary, beta=cfg.beta,
                            exp_times=cfg.exp_times, radius=cfg.radius)
         mask = irn_postprocess(rw, cams["keys"], image.shape[:2], cfg.threshold)
