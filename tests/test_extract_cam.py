@@ -40,10 +40,11 @@ def _reference_cam(model, image, label, scales):
     up = (math.ceil(h / 16) * 16, math.ceil(w / 16) * 16)
     cam_sum = np.zeros((len(keys),) + strided)
     high_sum = np.zeros((len(keys),) + up)
-    import cv2
+    from PIL import Image
 
     for s in scales:
-        im = image if s == 1.0 else cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_CUBIC)
+        # IRN's pil_rescale(img, s, order=3): PIL bicubic
+        im = image if s == 1.0 else np.asarray(Image.fromarray(image).resize((round(w * s), round(h * s)), Image.BICUBIC))
         for flip in (False, True):
             x = torch.from_numpy(normalize(np.ascontiguousarray(im[:, ::-1] if flip else im)))[None]
             with torch.no_grad():
@@ -263,3 +264,15 @@ def test_an_image_too_large_for_memory_is_refused_with_the_max_side_that_fits(cl
     ref = F.interpolate(ref[None], (64, 64), mode="bilinear", align_corners=False)[0]
     ref /= ref.flatten(1).max(1)[0][:, None, None] + 1e-5
     np.testing.assert_allclose(cams["high_res"], ref.numpy(), atol=1e-5)
+
+
+def test_scales_are_made_with_irns_pil_bicubic():
+    from PIL import Image
+
+    from wsss.cam.extract import _resize
+
+    image = np.random.default_rng(0).integers(0, 256, (75, 100, 3)).astype(np.uint8)
+    for s in (0.5, 1.5, 2.0):
+        size = (round(100 * s), round(75 * s))
+        np.testing.assert_array_equal(_resize(image, s), np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC)))
+    assert not np.array_equal(_resize(image, 0.5), _resize(image, 0.5, "opencv"))
