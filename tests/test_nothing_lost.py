@@ -286,3 +286,44 @@ def test_the_settings_users_shrink_first_have_options(toy_root, tmp_path):
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((seg / "config.yaml").read_text())
     assert (saved["channels"], saved["base_size"], saved["val_every"]) == (8, 48, 3)
+
+
+def test_cams_made_for_other_classes_are_refused_by_every_reader(toy_root, tmp_path):
+    """A CAM folder records its dataset's class names; eval-cam and make-pseudo refuse it on a
+    dataset with other classes (one line naming both lists), and a folder without the record
+    but with class ids beyond the dataset is refused too (no traceback)."""
+    import json
+    import shutil
+
+    from wsss.cam.extract import save_cam
+    from wsss.data import VOCDataset
+
+    ds = VOCDataset(toy_root, "val")
+    other = tmp_path / "other"
+    shutil.copytree(toy_root, other)
+    (other / "class_names.txt").write_text("background\ncat\ndog\n")
+    (other / "cls_labels.npy").unlink()  # labels from the masks, rewritten to the two classes
+    from wsss.io import read_mask, write_mask
+
+    for png in (other / "SegmentationClass").glob("*.png"):
+        m = read_mask(png)
+        write_mask(png, np.where((m == 0) | (m == 255), m, m % 2 + 1).astype(np.uint8))
+    cams = tmp_path / "cams"
+    for i in ds.ids:
+        keys = np.flatnonzero(ds.label(i))
+        save_cam(cams / f"{i}.npz", {"keys": keys, "cam": np.ones((len(keys), 16, 16), np.float32),
+                                     "high_res": np.ones((len(keys), 64, 64), np.float32)})
+    (cams / "manifest.json").write_text(json.dumps({"class_names": ds.class_names}))
+    for args in (["eval-cam", "--cam-dir", cams, "--data-root", other, "--split", "val"],
+                 ["make-pseudo", "--cam-dir", cams, "--data-root", other, "--split", "val", "--refine", "none",
+                  "--out", tmp_path / "pl"]):
+        msg = _refused(args)
+        assert "made for the classes [background, disc" in msg and "[background, cat, dog]" in msg, msg
+    assert not (tmp_path / "pl").exists()
+    (cams / "manifest.json").unlink()  # e.g. IRN's own CAM folder: no record, ids still checked
+    assert any(np.flatnonzero(ds.label(i)).max() >= 2 for i in ds.ids)  # some CAM has a class id beyond 2
+    for args in (["eval-cam", "--cam-dir", cams, "--data-root", other, "--split", "val"],
+                 ["make-pseudo", "--cam-dir", cams, "--data-root", other, "--split", "val", "--refine", "none",
+                  "--out", tmp_path / "pl"]):
+        msg = _refused(args)
+        assert "another dataset" in msg, msg

@@ -231,6 +231,24 @@ def check_output_settings(out: str | Path, settings: Mapping[str, Any], what: st
         )
 
 
+def check_provenance(folder: str | Path, class_names: Sequence[str], what: str) -> None:
+    """Refuse a CAM, score or mask folder made for another class list than the dataset's (as its
+    ``manifest.json`` records), in one line naming both lists; folders without the record (older
+    ones, IRN's own) pass, and their class ids are still checked where they are read."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("class_names")
+    except ValueError:
+        return
+    if recorded is not None and list(recorded) != list(class_names):
+        raise ConfigError(
+            f"{folder} holds {what} made for the classes [{', '.join(recorded)}], but this dataset has "
+            f"[{', '.join(class_names)}]. Use {what} made from this dataset, or point --data-root at theirs."
+        )
+
+
 def prepare_output(out: str | Path, settings: Mapping[str, Any], cfg: Any, what: str, overwrite: bool = False,
                    implied: Mapping[str, Any] | None = None) -> Path:
     """Open a resumable output folder: refuse other settings (:func:`check_output_settings`),

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.cam.extract import load_cam
+from wsss.config import check_provenance
 from wsss.data import DataConfig, build_dataset
 from wsss.io import WsssDataError, atomic_write, write_json
 from wsss.metrics import SweepResult, ThresholdSweep
@@ -35,6 +36,7 @@ class EvalCamConfig:
 
 def evaluate_cams(cfg: EvalCamConfig, progress: bool = True) -> SweepResult:
     ds = build_dataset(cfg.data)
+    check_provenance(cfg.cam_dir, ds.class_names, "CAMs")
     if not ds.has_masks():
         raise WsssDataError(f"split '{ds.split}' of {ds.root} has no ground-truth masks to score seeds against")
     start, stop, step = cfg.thresholds
@@ -45,6 +47,11 @@ def evaluate_cams(cfg: EvalCamConfig, progress: bool = True) -> SweepResult:
     def load(image_id: str):
         gt = ds.read_checked_mask(ds.mask_path(image_id))
         cams = load_cam(cfg.cam_dir, image_id)
+        if len(cams["keys"]) and int(cams["keys"].max()) >= ds.num_fg:
+            raise WsssDataError(
+                f"CAM of '{image_id}' has class index {int(cams['keys'].max())}, but this dataset has {ds.num_fg} "
+                "foreground classes: were these CAMs made for another dataset?"
+            )
         if cams["high_res"].shape[1:] != gt.shape:
             raise WsssDataError(
                 f"CAM of '{image_id}' is {cams['high_res'].shape[1:]} but its mask is {gt.shape}: wrong CAM folder?"

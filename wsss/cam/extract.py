@@ -195,7 +195,7 @@ def check_memory(model: torch.nn.Module, cfg: "ExtractCamConfig", image_id: str,
 
 
 CAM_FILE_SUFFIX = {"npz": ".npz", "irn": ".npy"}
-MANIFEST_IMPLIED = {"file_format": "npz", "max_side": None, "resize": "opencv"}
+MANIFEST_IMPLIED = {"file_format": "npz", "max_side": None, "resize": "opencv", "class_names": None}
 """What a CAM folder's manifest written before ``file_format`` existed means: .npz files."""
 
 
@@ -346,9 +346,9 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     suffix = CAM_FILE_SUFFIX[cfg.file_format]
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.out)
-    manifest = _manifest(cfg)
-    check_output_settings(out, manifest, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     ds = build_dataset(cfg.data)
+    manifest = {**_manifest(cfg), "class_names": list(ds.class_names)}
+    check_output_settings(out, manifest, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     model, _ = load_trained_classifier(cfg.cls_dir, device)
     free = available_bytes(device)
     _check_sizes_fit(model, cfg, ds, device, free)  # before the manifest: a refusal leaves nothing behind

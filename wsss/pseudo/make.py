@@ -31,7 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wsss.cam.extract import load_cam
-from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
+from wsss.config import ConfigError, check_output_settings, check_provenance, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
 from wsss.engine.workers import die_with_parent
@@ -130,7 +130,7 @@ def _settings(cfg: MakePseudoConfig) -> dict:
     return settings
 
 
-MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0}
+MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0, "class_names": None}
 """What a mask folder's manifest written before ``mask_format`` / ``irn_pad`` existed means
 (palette PNGs; boundary maps without padding)."""
 
@@ -154,13 +154,21 @@ def warn_if_background_only(out: Path, ids: list[str], sample: int = 500, share:
     return bg
 
 
-def check_cam_folder(cam_dir: str | Path, ids: list[str]) -> None:
+def check_cam_folder(cam_dir: str | Path, ids: list[str], num_fg: int | None = None) -> None:
     """Every image has a CAM file in ``cam_dir``, or a one-line error; called before the output's
     manifest is written, so a mistyped folder leaves nothing behind that blocks the fix."""
     cam_dir = Path(cam_dir)
     if not cam_dir.is_dir():
         raise WsssDataError(f"CAM folder not found: {cam_dir}. Pass the --out folder of wsss extract-cam as --cam-dir.")
     missing = [i for i in ids if not (cam_dir / f"{i}.npz").is_file() and not (cam_dir / f"{i}.npy").is_file()]
+    if not missing and num_fg is not None:
+        for image_id in ids[:: max(1, len(ids) // 20)]:
+            keys = load_cam(cam_dir, image_id)["keys"]
+            if len(keys) and int(keys.max()) >= num_fg:
+                raise WsssDataError(
+                    f"the CAM of '{image_id}' in {cam_dir} has class index {int(keys.max())}, but this dataset has "
+                    f"{num_fg} foreground classes: were these CAMs made for another dataset?"
+                )
     if missing:
         raise WsssDataError(
             f"{len(missing)} of {len(ids)} images have no CAM file in {cam_dir} (first: {', '.join(missing[:3])}). "
@@ -179,7 +187,9 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
         raise ConfigError(f"mask_format must be 'palette' or 'index', got '{cfg.mask_format}'")
     check_output_settings(out, settings, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     ds = build_dataset(cfg.data)
-    check_cam_folder(cfg.cam_dir, ds.ids)
+    check_provenance(cfg.cam_dir, ds.class_names, "CAMs")
+    check_cam_folder(cfg.cam_dir, ds.ids, ds.num_fg)
+    settings["class_names"] = list(ds.class_names)
     dist.init_distributed(cfg.device)
     if dist.is_main():
         prepare_output(out, settings, cfg, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)

@@ -146,6 +146,10 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
         raise ConfigError(f"psa_mask_size must be odd, got {cfg.psa_mask_size}")
     device = dist.init_distributed(cfg.device)
     train_ds = build_dataset(cfg.data)
+    if cfg.data.masks:
+        from wsss.config import check_provenance
+
+        check_provenance(cfg.data.masks, train_ds.class_names, "masks")
     _check_masks(train_ds, "training")
     val_ds = None
     if cfg.val_split:
