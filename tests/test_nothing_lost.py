@@ -327,3 +327,14 @@ def test_cams_made_for_other_classes_are_refused_by_every_reader(toy_root, tmp_p
                   "--out", tmp_path / "pl"]):
         msg = _refused(args)
         assert "another dataset" in msg, msg
+
+
+def test_logs_that_are_not_a_terminal_get_progress_lines(monkeypatch, capsys):
+    import wsss.engine.loop as loop
+
+    monkeypatch.setenv("WSSS_LOG_INTERVAL_S", "0")
+    assert list(loop.tracked(range(3), "make-pseudo crf", progress=False)) == [0, 1, 2]
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("make-pseudo crf:")]
+    assert len(lines) == 3 and "3/3 images (100%)" in lines[-1] and "ETA" in lines[-1]
+    log = loop.ProgressLog("train-seg", 100, 10, enabled=True)
+    assert "20/100 steps" in log.update(20)

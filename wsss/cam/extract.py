@@ -356,7 +356,9 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
         prepare_output(out, manifest, cfg, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     dist.barrier()
     todo = pending_ids(ds.ids, out, suffix, "CAM files", cfg.overwrite)
-    for image_id in tqdm(todo, desc=f"extract-cam {cfg.method}", disable=not (progress and dist.is_main()), unit="img"):
+    from wsss.engine.loop import tracked
+
+    for image_id in tracked(todo, f"extract-cam {cfg.method}", progress):
         sample = ds.load(image_id, with_mask=False)
         save_cam(out / f"{image_id}{suffix}", extract_one(model, sample.image, sample.label, cfg, device, image_id, free))
         for other in set(CAM_FILE_SUFFIX.values()) - {suffix}:  # after --overwrite in the other format

@@ -158,6 +158,20 @@ class ProgressLog:
         return line
 
 
+def tracked(items, desc: str, progress: bool, unit: str = "img", total: int | None = None):
+    """Iterate ``items`` with a progress bar on a terminal (rank 0), or :class:`ProgressLog` lines
+    when the output is not one: the per-image stages' loops. ``total``: for an iterator (a pool's
+    results), which is then consumed as it comes."""
+    if total is None:
+        items = list(items)
+        total = len(items)
+    main = dist.is_main()
+    log = ProgressLog(desc, total, unit="images", enabled=None if main and not progress else False)
+    for i, item in enumerate(tqdm(items, total=total, desc=desc, disable=not (progress and main), unit=unit)):
+        yield item
+        log.update(i + 1)
+
+
 def check_fresh_output(out: Path, stage: str, overwrite: bool) -> None:
     """Refuse to start a new run in a folder that holds one (unless ``overwrite``, which clears
     the old run's markers first: its ``done.json``, ``resume.pt`` and ``metrics.jsonl``)."""

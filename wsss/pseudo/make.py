@@ -106,17 +106,16 @@ def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     ``torchrun`` each rank takes every ``world``-th image, and all wait for the last)."""
     todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     paths = [str(ds.image_path(i)) for i in todo]
-    bar = tqdm(total=len(todo), desc=f"make-pseudo {cfg.refine}", disable=not (progress and dist.is_main()),
-               unit="img")
+    from wsss.engine.loop import tracked
+
     if cfg.workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(cfg.workers, initializer=die_with_parent) as pool:
-            for _ in pool.map(partial(_one, cfg=cfg), todo, paths, chunksize=4):
-                bar.update(1)
+            for _ in tracked(pool.map(partial(_one, cfg=cfg), todo, paths, chunksize=4), f"make-pseudo {cfg.refine}",
+                             progress, total=len(todo)):
+                pass
     else:
-        for image_id, path in zip(todo, paths):
+        for image_id, path in tracked(list(zip(todo, paths)), f"make-pseudo {cfg.refine}", progress):
             _one(image_id, path, cfg)
-            bar.update(1)
-    bar.close()
     dist.barrier()
 
 
@@ -234,7 +233,9 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
 
     pad = cfg.irn_pad if cfg.irn_pad is not None else int(read_yaml(irn_dir / "config.yaml").get("crop", 0))
     todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
-    for image_id in tqdm(todo, desc="make-pseudo irn (walk)", disable=not (progress and dist.is_main()), unit="img"):
+    from wsss.engine.loop import tracked
+
+    for image_id in tracked(todo, "make-pseudo irn (walk)", progress):
         cams = load_cam(cfg.cam_dir, image_id)
         if "cam" not in cams:
             raise WsssDataError(f"CAM file of '{image_id}' has no stride-4 'cam' map, which the random walk needs")

@@ -201,7 +201,9 @@ def predict(cfg: PredictConfig, progress: bool = True) -> Path:
         prepare_output(out, settings, cfg, "predictions", cfg.overwrite)
     dist.barrier()
     todo = pending_ids(ds.ids, out, ".png", "predictions", cfg.overwrite)
-    for image_id in tqdm(todo, desc="predict", disable=not (progress and dist.is_main()), unit="img"):
+    from wsss.engine.loop import tracked
+
+    for image_id in tracked(todo, "predict", progress):
         image = read_image(ds.image_path(image_id))
         probs = segment(model, image, base_size=train_cfg.base_size, scales=tuple(cfg.scales), flip=cfg.flip,
                         mode=cfg.mode, crop=crop, stride=stride)
