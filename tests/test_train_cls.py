@@ -183,8 +183,11 @@ def test_partial_pooling_with_one_patch_is_the_image_score(model):
 def test_train_with_partial_pooling_then_extract_partial_cams(toy_root, tmp_path):
     from wsss.cam.extract import ExtractCamConfig, extract_cams
 
+    with pytest.raises(ConfigError, match="needs --region-masks"):  # no silent ground-truth supervision
+        train_cls(_cfg(toy_root, tmp_path / "p0", partial_pool=2, max_steps=2, val_split=None, model="resnet_tiny"),
+                  progress=False)
     out = train_cls(_cfg(toy_root, tmp_path / "p", partial_pool=2, max_steps=2, val_split=None,
-                         model="resnet_tiny"), progress=False)
+                         model="resnet_tiny", region_masks="gt"), progress=False)
     cams = extract_cams(ExtractCamConfig(data=DataConfig(kind="voc", root=str(toy_root), split="val"),
                                          cls_dir=str(out), method="partial", scales=(1.0,), device="cpu",
                                          out=str(tmp_path / "cams")), progress=False)

@@ -252,7 +252,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--strict-load/--no-strict-load", default=None, help="Refuse weights whose keys do not match (classifier heads aside) [default: strict].")
 @click.option("--detach-branches/--no-detach-branches", default=None, help="Conformer: cut gradients between CNN and transformer branches [default: detach].")
 @click.option("--partial-pool", type=click.IntRange(0), default=None, help="Partial pooling S (PCAA Eq. 3), 0 = off [default: 0].")
-@click.option("--region-masks", default=None, help="Mask folder for partial pooling's region labels [default: the dataset's masks].")
+@click.option("--region-masks", default=None, help="Partial pooling's region labels: a pseudo-mask folder, or gt for the ground truth (pixel supervision); required with --partial-pool.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 5].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 384].")

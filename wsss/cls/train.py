@@ -26,6 +26,7 @@ from tqdm import tqdm
 from wsss.cls.metrics import multilabel_metrics
 from wsss.cls.models import build_classifier
 from wsss.cls.transforms import cls_train_transform, normalize
+from wsss.config import ConfigError
 from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
@@ -47,8 +48,10 @@ class TrainClsConfig:
     optimizer: ``adamw`` or ``sgd``. lr: CNN / backbone lr (poly decay).
     lr_transformer: Conformer transformer branch lr (constant). head_lr_mult: ResNet classifier lr factor.
     partial_pool: S of partial pooling (PCAA Eq. 3; 0 = off): a focal loss on the S x S pooled
-    class maps against region labels (Eq. 4) from ``region_masks`` (a mask folder: ground truth,
-    or an earlier round's pseudo masks; none = the dataset's own masks). ``extract-cam --method partial``
+    class maps against region labels (Eq. 4) from ``region_masks``: a mask folder (an earlier
+    round's pseudo masks), or ``gt`` for the dataset's ground truth (then the run is pixel-supervised,
+    and says so); required with partial pooling, so weak supervision never turns into full
+    supervision by default. ``extract-cam --method partial``
     needs a classifier trained this way.
     max_steps: stop after this many optimiser steps in total (tests, smoke runs).
     save_every: also checkpoint every this many steps (0: at epoch ends only).
@@ -102,11 +105,19 @@ class ClsTrainSet(SeededTrainSet):
         return torch.from_numpy(x), label, torch.from_numpy(m)
 
     def region_mask_path(self, image_id: str) -> Path:
-        if self.cfg.region_masks:
+        if self.cfg.region_masks != "gt":
             return Path(self.cfg.region_masks) / f"{image_id}.png"
         return self.ds.mask_path(image_id)
 
     def check_region_masks(self) -> None:
+        if not self.cfg.region_masks:
+            raise ConfigError(
+                "partial pooling (partial_pool > 0) needs --region-masks: a pseudo-mask folder (weak supervision), "
+                "or 'gt' for the dataset's ground-truth masks, which makes the run pixel-supervised"
+            )
+        if self.cfg.region_masks == "gt" and dist.is_main():
+            print("train-cls: partial pooling takes its region labels from the ground-truth masks (--region-masks gt): "
+                  "this run uses pixel labels, it is not weakly supervised")
         missing = [i for i in self.ds.ids if not (p := self.region_mask_path(i)) or not Path(p).is_file()]
         if missing:
             raise WsssDataError(
