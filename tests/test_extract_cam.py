@@ -276,3 +276,28 @@ def test_scales_are_made_with_irns_pil_bicubic():
         size = (round(100 * s), round(75 * s))
         np.testing.assert_array_equal(_resize(image, s), np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC)))
     assert not np.array_equal(_resize(image, 0.5), _resize(image, 0.5, "opencv"))
+
+
+def test_eval_cam_reports_the_best_and_irns_fixed_threshold(toy_root, tmp_path):
+    """The fixed-threshold figures equal thresholding the CAMs at 0.15 and scoring them directly."""
+    import json
+
+    from wsss.io import read_mask
+    from wsss.metrics import ConfusionMatrix, cam_to_mask
+
+    ds = VOCDataset(toy_root, "val")
+    rng = np.random.default_rng(1)
+    cams = tmp_path / "cams"
+    for i in ds.ids:
+        keys = np.flatnonzero(ds.label(i))
+        save_cam(cams / f"{i}.npz", {"keys": keys, "cam": rng.random((len(keys), 16, 16)).astype(np.float32),
+                                     "high_res": rng.random((len(keys), 64, 64)).astype(np.float32)})
+    res = CliRunner().invoke(main, ["eval-cam", "--cam-dir", str(cams), "--data-root", str(toy_root), "--split", "val"])
+    assert res.exit_code == 0, res.output
+    assert "(the best: AD-CAM's and SEAM's protocol)" in res.output and "at background threshold 0.15 (fixed" in res.output
+    cm = ConfusionMatrix(ds.num_classes)
+    for i in ds.ids:
+        c = load_cam(cams, i)
+        cm.update(read_mask(ds.mask_path(i)), cam_to_mask(c["high_res"], c["keys"] + 1, 0.15))
+    fixed = json.loads((cams / "eval_cam.json").read_text())["fixed"]
+    assert fixed["threshold"] == 0.15 and abs(fixed["mIoU"] - 100 * cm.compute().miou) < 1e-9

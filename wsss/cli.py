@@ -325,18 +325,23 @@ def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, s
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder (ground-truth masks).")
 @click.option("--split", default=None, help="Split to score [default: train].")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Fixed background threshold also reported (IRN reports seeds at it) [default: 0.15].")
 @click.option("--out", default=None, help="JSON of the sweep [default: <cam-dir>/eval_cam.json; plot beside it].")
-def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, out) -> None:
+def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, threshold, out) -> None:
     """Seed quality: background-threshold sweep, best mIoU with its FP and FN (AD-CAM Table 3)."""
     from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
 
     cfg = load_config(EvalCamConfig, config_path, {
         "cam_dir": cam_dir, "data.kind": data_kind, "data.root": data_root, "data.split": split, "out": out,
+        "threshold": threshold,
     }, section="eval_cam")
     res = evaluate_cams(cfg, progress=sys.stderr.isatty())
     click.echo(res.best.table())
     click.echo(f"seed mIoU {100 * res.best.miou:.2f}  FP {100 * res.best.mean_fp:.2f}  FN {100 * res.best.mean_fn:.2f}"
-               f"  at background threshold {res.best_threshold:.2f}")
+               f"  at background threshold {res.best_threshold:.2f} (the best: AD-CAM's and SEAM's protocol)")
+    fixed = res.at(cfg.threshold)
+    click.echo(f"seed mIoU {100 * fixed.miou:.2f}  FP {100 * fixed.mean_fp:.2f}  FN {100 * fixed.mean_fn:.2f}"
+               f"  at background threshold {cfg.threshold:.2f} (fixed: IRN's protocol)")
 
 
 @main.command("visualize")

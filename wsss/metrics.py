@@ -241,6 +241,13 @@ class SweepResult:
     def best(self) -> SegMetrics:
         return self.metrics[self.best_index]
 
+    def at(self, threshold: float) -> SegMetrics:
+        """The figures at one threshold of the sweep (an error if it was not swept)."""
+        hits = np.flatnonzero(np.isclose(self.thresholds, threshold, atol=1e-6))
+        if not len(hits):
+            raise ValueError(f"threshold {threshold} was not swept")
+        return self.metrics[int(hits[0])]
+
     def to_dict(self) -> dict:
         curve = []
         for t, m in zip(self.thresholds, self.metrics):
