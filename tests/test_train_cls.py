@@ -215,3 +215,19 @@ def test_the_resnet_cam_classifier_starts_as_irns_does():
     fan_in = w.shape[1]
     assert float(w.abs().max()) <= 1 / math.sqrt(fan_in) + 1e-7
     assert abs(float(w.std()) * math.sqrt(3 * fan_in) - 1) < 0.05
+
+
+def test_conformer_groups_exempt_cls_token_and_1d_parameters_from_weight_decay():
+    from wsss.cls.models import build_classifier
+
+    model = build_classifier("conformer_tiny", 5, drop_path=0.1)
+    specs = {g.name: g for g in model.param_groups(lr=5e-4, weight_decay=0.05, lr_transformer=2e-4)}
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    no_decay = {names[id(p)] for k in ("cnn_no_decay", "transformer_no_decay") for p in specs[k].params}
+    decay = {names[id(p)] for k in ("cnn", "transformer") for p in specs[k].params}
+    assert "cls_token" in no_decay and all(specs[k].weight_decay == 0 for k in ("cnn_no_decay", "transformer_no_decay"))
+    assert all(n.endswith(".bias") or model.net.get_parameter(n).ndim <= 1 or n == "cls_token" for n in no_decay)
+    assert all(model.net.get_parameter(n).ndim > 1 and n != "cls_token" for n in decay)
+    assert no_decay | decay == set(names.values()) and not no_decay & decay
+    assert specs["transformer_no_decay"].lr == 2e-4 and specs["cnn_no_decay"].schedule == "poly"
+    assert any(type(m).__name__ == "DropPath" for m in model.modules())

@@ -251,6 +251,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--pretrained", default=None, help="Local ImageNet weights (.pth/.pt/.safetensors) or builtin:NAME (wsss pretrain --list) [default: none, train from scratch].")
 @click.option("--strict-load/--no-strict-load", default=None, help="Refuse weights whose keys do not match (classifier heads aside) [default: strict].")
 @click.option("--detach-branches/--no-detach-branches", default=None, help="Conformer: cut gradients between CNN and transformer branches [default: detach].")
+@click.option("--drop-path", type=click.FloatRange(0, 1), default=None, help="Conformer stochastic-depth rate (the official recipe: 0.1) [default: 0].")
 @click.option("--partial-pool", type=click.IntRange(0), default=None, help="Partial pooling S (PCAA Eq. 3), 0 = off [default: 0].")
 @click.option("--region-masks", default=None, help="Partial pooling's region labels: a pseudo-mask folder, or gt for the ground truth (pixel supervision); required with --partial-pool.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 5].")
@@ -267,7 +268,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_split, model, pretrained, strict_load, detach_branches,
-                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, optimizer, resume, overwrite) -> None:
+                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, optimizer, drop_path, resume, overwrite) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
@@ -279,7 +280,7 @@ def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_sp
         "pretrained": pretrained, "strict_load": strict_load, "detach_branches": detach_branches, "epochs": epochs,
         "partial_pool": partial_pool, "region_masks": region_masks,
         "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
-        "device": device, "seed": seed, "resize_long": _int_pair(resize_long, "--resize-long"), "optimizer": optimizer, "out": out,
+        "device": device, "seed": seed, "resize_long": _int_pair(resize_long, "--resize-long"), "optimizer": optimizer, "drop_path": drop_path, "out": out,
     }, section="train_cls")
     train_cls(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 

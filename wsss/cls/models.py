@@ -100,13 +100,15 @@ class ConformerClassifier(nn.Module):
         detach_branches: bool = True,
         drop_last_block: bool = True,
         partial_pool: int = 0,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         from wsss.models import build_backbone
 
         self.partial_pool = partial_pool
         self.net = build_backbone(
-            backbone, num_classes=num_classes, detach_branches=detach_branches, drop_last_block=drop_last_block
+            backbone, num_classes=num_classes, detach_branches=detach_branches, drop_last_block=drop_last_block,
+            drop_path_rate=drop_path,
         )
         if pretrained:
             from wsss.models import load_weights
@@ -144,12 +146,18 @@ class ConformerClassifier(nn.Module):
         self, lr: float, weight_decay: float, lr_transformer: float | None = None, **_
     ) -> list[GroupSpec]:
         """AD-CAM's recipe: the transformer branch at a constant ``lr_transformer``,
-        the CNN branch with poly decay from ``lr``."""
+        the CNN branch with poly decay from ``lr``. As the official Conformer code (timm's optimizer
+        factory with ``no_weight_decay() = {'cls_token'}``), ``cls_token``, biases and other 1-D
+        parameters (norms) get no weight decay."""
         groups = self.net.param_groups()
-        return [
-            GroupSpec("cnn", groups["cnn"], lr, "poly", weight_decay),
-            GroupSpec("transformer", groups["transformer"], lr_transformer or lr, "constant", weight_decay),
-        ]
+        no_decay = {id(p) for n, p in self.net.named_parameters()
+                    if p.ndim <= 1 or n.endswith(".bias") or n == "cls_token"}
+        specs = []
+        for name, params, group_lr, schedule in (("cnn", groups["cnn"], lr, "poly"),
+                                                 ("transformer", groups["transformer"], lr_transformer or lr, "constant")):
+            specs.append(GroupSpec(name, [p for p in params if id(p) not in no_decay], group_lr, schedule, weight_decay))
+            specs.append(GroupSpec(f"{name}_no_decay", [p for p in params if id(p) in no_decay], group_lr, schedule, 0.0))
+        return specs
 
 
 def partial_loss(out: dict[str, torch.Tensor], masks: torch.Tensor | None) -> torch.Tensor | float:
@@ -176,12 +184,16 @@ def build_classifier(
     detach_branches: bool = True,
     drop_last_block: bool = True,
     partial_pool: int = 0,
+    drop_path: float = 0.0,
 ) -> nn.Module:
     if backbone.startswith("conformer"):
         return ConformerClassifier(
             backbone, num_classes, pretrained=pretrained, strict_load=strict_load,
             detach_branches=detach_branches, drop_last_block=drop_last_block, partial_pool=partial_pool,
+            drop_path=drop_path,
         )
+    if drop_path:
+        raise ValueError("drop_path is a Conformer setting; the ResNet CAM net has no stochastic depth")
     return ResNetCAMNet(backbone, num_classes, pretrained=pretrained, strict_load=strict_load,
                         partial_pool=partial_pool)
 

@@ -43,6 +43,7 @@ class TrainClsConfig:
     pretrained: local ImageNet weights file (.pth/.pt/.safetensors); none = from scratch.
     strict_load: refuse a weights file whose keys do not match (heads aside).
     detach_branches / drop_last_block: Conformer only (AD-CAM Sec. 4.1, 5.1).
+    drop_path: Conformer stochastic-depth rate (the official recipe's 0.1; 0 = off, the default).
     batch_size: global batch, split evenly over processes.
     crop: training crop side, pixels. resize_long: range of the random long-side resize, pixels.
     optimizer: ``adamw`` or ``sgd``. lr: CNN / backbone lr (poly decay).
@@ -64,6 +65,7 @@ class TrainClsConfig:
     strict_load: bool = True
     detach_branches: bool = True
     drop_last_block: bool = True
+    drop_path: float = 0.0
     epochs: int = 5
     batch_size: int = 16
     crop: int = 384
@@ -177,6 +179,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True, 
     model = build_classifier(
         cfg.model, train_ds.num_fg, pretrained=cfg.pretrained, strict_load=cfg.strict_load,
         detach_branches=cfg.detach_branches, drop_last_block=cfg.drop_last_block, partial_pool=cfg.partial_pool,
+        drop_path=cfg.drop_path,
     ).to(device)
     train_set = ClsTrainSet(train_ds, cfg)
     if cfg.partial_pool:
