@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 # registry's torchvision cannot import against: take torch from the registry.
 PIP_ENV = PIP_FIND_LINKS=
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the multi-process tests (about a third of the suite's time); CI runs `make test`.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not dist"
 
 clean:
 	rm -rf $(VENV) runs

@@ -204,6 +204,7 @@ extract_cams(ExtractCamConfig(data=DataConfig(kind="voc", root=root, split="val"
 """
 
 
+@pytest.mark.dist
 def test_two_processes_share_the_images_and_write_what_one_writes(cls_dirs, toy_root, tmp_path):
     import os
     import subprocess

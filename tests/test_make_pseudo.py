@@ -171,6 +171,7 @@ make_pseudo(MakePseudoConfig(data=DataConfig(root=root, split="train"), cam_dir=
 """
 
 
+@pytest.mark.dist
 def test_refine_irn_under_torchrun_matches_one_process(toy_root, tmp_path):
     """Two processes split the IR labels and the walk, and train IRNet with DDP: the same boundary
     net (to float rounding) and the same masks as one process."""

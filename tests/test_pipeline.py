@@ -129,6 +129,7 @@ steps:
 """
 
 
+@pytest.mark.dist
 def test_a_recipe_under_torchrun(tmp_path):
     """Two processes: rank 0 alone makes the dataset, evaluates and moves old folders; training,
     extraction and pseudo masks are split over both; a rerun skips, a change reruns."""
@@ -219,6 +220,7 @@ def test_processes_wait_for_rank_0_longer_than_torchs_default(monkeypatch):
                     {"backend": "gloo", "timeout": timedelta(minutes=30)}]
 
 
+@pytest.mark.dist
 def test_a_failure_in_rank_0_stops_every_rank(tmp_path):
     """Without torchrun's agent to kill the others (a launcher that only sets RANK / WORLD_SIZE),
     ranks waiting for a rank-0-only step must not wait forever when it fails: they stop too."""

@@ -117,6 +117,7 @@ train_cls(cfg, progress=False)
 """
 
 
+@pytest.mark.dist
 def test_ddp_two_processes_match_one(toy_root, tmp_path):
     # With ImageNet-style weights the CAM net uses IRN's fixed BatchNorm, so processes cannot diverge
     # through batch statistics; a saved random backbone stands in for the weights file.

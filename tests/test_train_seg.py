@@ -171,6 +171,7 @@ train_seg(cfg, progress=False)
 """
 
 
+@pytest.mark.dist
 def test_ddp_two_processes_match_one(toy_root, tmp_path):
     # SyncBatchNorm over the global batch + the same crops per index: two processes train like one
     import os
