@@ -51,7 +51,10 @@ def main() -> None:
             ("CAM", dict(method="cam")),
             ("TS-CAM coupling", dict(method="tscam")),
             ("attention diffusion only", dict(method="attn-diffusion")),
-            ("AD-CAM (distribute, paper's text)", dict(method="adcam", diffusion="distribute")),
+            ("AD-CAM (distribute, paper's text; rows of A renormalised, Sec. 4.3)",
+             dict(method="adcam", diffusion="distribute")),
+            ("AD-CAM (distribute; raw rows of A, --no-attn-renorm)",
+             dict(method="adcam", diffusion="distribute", attn_renorm=False)),
             ("AD-CAM (average)", dict(method="adcam", diffusion="average")),
         ]
         print(f"classifier {args.cls_dir}, {args.split} split of {args.data_root}, scales {args.scales} + flip\n")

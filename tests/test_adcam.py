@@ -217,7 +217,7 @@ def test_adcam_maps_pipeline_matches_parts():
     g = torch.Generator().manual_seed(2)
     cam = torch.randn(B, K, h, w, generator=g, dtype=D)
     out = adcam_maps(cam, blocks, k=5, steps=2)
-    A = attention_matrix(blocks)
+    A = attention_matrix(blocks, renorm=True)  # Sec. 4.3's rows summing to 1, the default
     R = refine_attention(A, coneighbor_similarity(A), 5)
     ref = diffuse(cam.clamp_min(0).reshape(B, K, N), R, 2).reshape(B, K, h, w)
     assert out.shape == (B, K, h, w) and out.dtype == D
@@ -266,6 +266,9 @@ def test_attention_matrix_manual():
     # not renormalised: rows sum to 1 - mean attention to cls
     cls_col = sum(b[:, 1:, 0] for b in blocks) / L
     torch.testing.assert_close(A.sum(-1), 1 - cls_col)
+    # renormalised (Sec. 4.3's reading): the same block divided by its row sums, rows sum to 1
+    torch.testing.assert_close(attention_matrix(blocks, renorm=True), (manual / L) / (1 - cls_col)[..., None])
+    torch.testing.assert_close(attention_matrix(blocks, renorm=True).sum(-1), torch.ones(B, N))
     # half-precision inputs come back float32; per-head input is averaged over heads
     assert attention_matrix([b.half() for b in blocks]).dtype == torch.float32
     heads = torch.stack([blocks[0], blocks[0] * 0 + blocks[1]], 1)  # (B, 2, 1+N, 1+N)
@@ -310,3 +313,20 @@ def test_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = diffuse(cam.reshape(B, K, N).bfloat16(), R.bfloat16(), 2)
     assert out.dtype == torch.float32
+
+
+def test_renormalised_rows_change_which_neighbours_adcam_keeps():
+    """A patch that attends mostly to cls has small raw similarities; renormalised, its row counts fully."""
+    B, K, h, w, L = 1, 2, 3, 4, 2
+    N = h * w
+    blocks = _attn_blocks(B, N, L, seed=21, dtype=D)
+    # patch 0 sends 90% of its attention to cls in every block
+    for b in blocks:
+        b[:, 1, :] *= 0.1 / b[:, 1, 1:].sum(-1, keepdim=True) * (b[:, 1, 1:].sum(-1, keepdim=True) > 0)
+        b[:, 1, 0] = 0.9
+    cam = torch.rand(B, K, h, w, generator=torch.Generator().manual_seed(3), dtype=D)
+    raw = adcam_maps(cam, blocks, k=3, renorm=False)
+    ref = diffuse(cam.reshape(B, K, N), refine_attention(A := attention_matrix(blocks, renorm=True),
+                                                         coneighbor_similarity(A), 3), 2).reshape(B, K, h, w)
+    torch.testing.assert_close(adcam_maps(cam, blocks, k=3), ref, rtol=0, atol=1e-14)
+    assert not torch.allclose(raw, ref)

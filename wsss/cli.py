@@ -293,6 +293,7 @@ def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_sp
 @click.option("--data-root", default=None, help="Dataset folder.")
 @click.option("--split", default=None, help="Images to process [default: train].")
 @click.option("--scales", default=None, help="Comma-separated image scales [default: 1.0,0.5,1.5,2.0].")
+@click.option("--attn-renorm/--no-attn-renorm", default=None, help="AD-CAM: rows of A renormalised to 1 after dropping the cls token, as Sec. 4.3 states [default: renorm].")
 @click.option("--max-side", type=click.IntRange(16), default=None, help="Downscale images whose long side is larger to this many pixels for extraction (maps resized back); lowers peak memory [default: none].")
 @click.option("--topk", type=click.IntRange(1), default=None, help="AD-CAM: co-neighbours kept per token, k of Eq. 7 [default: 50].")
 @click.option("--steps", type=click.IntRange(0), default=None, help="AD-CAM: diffusion steps, T of Eq. 8 [default: 2].")
@@ -301,7 +302,7 @@ def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_sp
 @click.option("--format", "file_format", type=click.Choice(["npz", "irn"]), default=None, help="npz: <id>.npz, no pickle; irn: <id>.npy as IRN's make_cam writes it, for IRN-based code [default: npz].")
 @click.option("--out", default=None, help="Output folder of <id>.npz (or .npy) files [default: runs/cam].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo images already written.")
-def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, scales, max_side, topk, steps, diffusion, device,
+def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, scales, max_side, attn_renorm, topk, steps, diffusion, device,
                     file_format, out, overwrite) -> None:
     """Class activation maps (CAM, AD-CAM and Table 3's baselines) as IRN-format files.
 
@@ -312,7 +313,7 @@ def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, s
     scale_list = [float(s) for s in scales.split(",")] if scales else None
     cfg = load_config(ExtractCamConfig, config_path, {
         "cls_dir": cls_dir, "method": method, "data.kind": data_kind, "data.root": data_root, "data.split": split,
-        "scales": scale_list, "max_side": max_side, "topk": topk, "steps": steps, "diffusion": diffusion, "device": device, "out": out,
+        "scales": scale_list, "max_side": max_side, "attn_renorm": attn_renorm, "topk": topk, "steps": steps, "diffusion": diffusion, "device": device, "out": out,
         "overwrite": overwrite, "file_format": file_format,
     }, section="extract_cam")
     result = extract_cams(cfg, progress=sys.stderr.isatty())

@@ -127,7 +127,7 @@ def _block_mean(attn_maps: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------- Sec. 4.2
-def attention_matrix(attn_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+def attention_matrix(attn_maps: Sequence[torch.Tensor], renorm: bool = False) -> torch.Tensor:
     """Attention matrix ``A`` of Sec. 4.2: ``A = 1/L sum_i A_i`` over the L blocks.
 
     Args:
@@ -139,7 +139,10 @@ def attention_matrix(attn_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         (B, N, N) float32 (float64 if the inputs are), the block mean with the cls
         row and column removed; entries in [0, 1].
 
-    Rows are *not* renormalised. The paper defines ``A_i in R^{hw x hw}`` (patches
+    With ``renorm`` each row is divided by its sum after the cls row and column are removed, so
+    every row sums to 1 as Sec. 4.3 states ("In A, the sum on each row equals to 1", which Eq. 6's
+    range and equality case rely on); :func:`adcam_maps` does this by default. Without it, rows are
+    *not* renormalised. The paper defines ``A_i in R^{hw x hw}`` (patches
     only) and states "In A, the sum on each row equals to 1" to bound S, but
     describes no renormalisation step; after dropping the cls column each row sums
     to ``1 - (attention to cls) <= 1``. That bound still gives ``S in [0, 1]``
@@ -147,8 +150,10 @@ def attention_matrix(attn_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     effect of not renormalising is on ``S`` (hence on which top-k are kept):
     a row with a lot of mass on cls has smaller co-neighbour similarities.
     """
-    A = _block_mean(attn_maps)
-    return A[:, 1:, 1:].contiguous()
+    A = _block_mean(attn_maps)[:, 1:, 1:]
+    if renorm:
+        A = A / A.sum(-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
+    return A.contiguous()
 
 
 # --------------------------------------------------------------------------- Sec. 4.3
@@ -267,6 +272,7 @@ def adcam_maps(
     k: int = 50,
     steps: int = 2,
     mode: str = "distribute",
+    renorm: bool = True,
 ) -> torch.Tensor:
     """AD-CAM on the token grid: Sec. 4.2 + Eq. 6, 7, 8.
 
@@ -280,11 +286,14 @@ def adcam_maps(
         attn_maps: per-block (B, 1+N, 1+N) head-averaged attention, N = h*w.
         k, steps, mode: see :func:`refine_attention` and :func:`diffuse`
             (paper: k = 50, T = 2, "distribute").
+        renorm: rows of ``A`` renormalised to 1 after dropping the cls token (Sec. 4.3's reading,
+            the default); ``False``: the raw patch block, whose rows sum to 1 - attention to cls, so
+            patches attending strongly to cls fall out of each other's top-k.
 
     Returns:
         (B, K, h, w) float32 (float64 if inputs are), >= 0, not renormalised.
     """
-    A = attention_matrix(attn_maps)
+    A = attention_matrix(attn_maps, renorm=renorm)
     m, shape = _flatten_cam(cam, A.shape[-1])
     S = coneighbor_similarity(A)
     A_ref = refine_attention(A, S, k=k)

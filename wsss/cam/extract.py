@@ -84,7 +84,7 @@ def adcam(model: torch.nn.Module, x: torch.Tensor, cfg: "ExtractCamConfig") -> t
     from wsss.cam.adcam import adcam_maps
 
     cam, attn = _conformer_parts(model, x)
-    return adcam_maps(cam, attn, k=cfg.topk, steps=cfg.steps, mode=cfg.diffusion)
+    return adcam_maps(cam, attn, k=cfg.topk, steps=cfg.steps, mode=cfg.diffusion, renorm=cfg.attn_renorm)
 
 
 @register_method("attn-diffusion")
@@ -117,6 +117,8 @@ class ExtractCamConfig:
     IRN's ``make_cam`` writes: ``keys``, ``cam`` as a CPU torch tensor, ``high_res``; what
     IRN-based code such as its ``make_sem_seg_labels`` loads). Every wsss stage reads both.
     out: folder of per-image CAM files. overwrite: redo images already written.
+    attn_renorm: AD-CAM renormalises each row of A to 1 after dropping the cls token (Sec. 4.3);
+    false keeps the raw rows (the behaviour before this option).
     resize: how each scale is made: ``pil`` (IRN's protocol: PIL bicubic, antialiased when
     downscaling; with OpenCV's cubic 2.7-8.8% of IRN's seed labels came out different) or ``opencv``.
     max_side: images whose long side is larger are downscaled to it before extraction and the
@@ -140,6 +142,7 @@ class ExtractCamConfig:
     overwrite: bool = False
     max_side: int | None = None
     resize: str = "pil"
+    attn_renorm: bool = True
 
 
 ATTENTION_METHODS = ("adcam", "attn-diffusion", "tscam")
@@ -195,7 +198,8 @@ def check_memory(model: torch.nn.Module, cfg: "ExtractCamConfig", image_id: str,
 
 
 CAM_FILE_SUFFIX = {"npz": ".npz", "irn": ".npy"}
-MANIFEST_IMPLIED = {"file_format": "npz", "max_side": None, "resize": "opencv", "class_names": None}
+MANIFEST_IMPLIED = {"file_format": "npz", "max_side": None, "resize": "opencv", "class_names": None,
+                    "attn_renorm": False}
 """What a CAM folder's manifest written before ``file_format`` existed means: .npz files."""
 
 
