@@ -134,3 +134,22 @@ def test_each_builtin_loads_strictly_wherever_a_weights_file_does(name):
         assert torch.equal(irn.backbone.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
         seg = build_segmenter("fcn", entry["model"], 9, pretrained=f"builtin:{name}", channels=16)
         assert torch.equal(seg.backbone.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+
+
+def test_fine_tuning_from_the_builtin_resnet_learns_more_than_from_scratch(toy_root, tmp_path):
+    """Same few steps, same data and seed: the classifier started from builtin:resnet_tiny (IRN's
+    recipe: stem, layer1-2 and BatchNorm frozen) fits the toy labels better than one from scratch."""
+    if "resnet_tiny" not in builtin.list_builtin():
+        pytest.skip("no builtin:resnet_tiny shipped")
+    from wsss.cls.train import TrainClsConfig, train_cls
+    from wsss.data import DataConfig
+
+    mAP = {}
+    for name, pretrained in (("scratch", None), ("builtin", "builtin:resnet_tiny")):
+        cfg = TrainClsConfig(data=DataConfig(kind="voc", root=str(toy_root)), val_split="train", model="resnet_tiny",
+                             pretrained=pretrained, epochs=4, batch_size=8, crop=64, resize_long=(56, 72),
+                             optimizer="adamw", lr=2e-3, head_lr_mult=1.0, weight_decay=1e-4, workers=0,
+                             device="cpu", out=str(tmp_path / name), log_every=0)
+        out = train_cls(cfg, progress=False)
+        mAP[name] = json.loads((out / "done.json").read_text())["val_mAP"]
+    assert mAP["builtin"] > mAP["scratch"] + 5, mAP
