@@ -121,6 +121,10 @@ def test_a_config_with_an_unknown_key(tmp_path):
 
 def test_an_output_folder_that_cannot_be_written(toy_root, tmp_path):
     (tmp_path / "file").write_text("a file where a folder should be")
+    # valid inputs (make-pseudo checks them first), so the output is what fails
+    for i in VOCDataset(toy_root, "val").ids:
+        save_cam(tmp_path / "cams" / f"{i}.npz", {"keys": np.array([0]), "cam": np.ones((1, 16, 16), np.float32),
+                                                   "high_res": np.ones((1, 64, 64), np.float32)})
     out = _run(["make-pseudo", "--cam-dir", str(tmp_path / "cams"), "--refine", "none", "--data-root", str(toy_root),
                 "--split", "val", "--out", str(tmp_path / "file" / "pseudo")])
     assert "file" in out and "cannot write" in out

@@ -248,14 +248,13 @@ def compute_cams(
 
 def _check_sizes_fit(model: torch.nn.Module, cfg: ExtractCamConfig, ds, device: torch.device, free: int | None) -> None:
     """:func:`check_memory` for the largest image of the split (sizes read from the file headers)."""
-    from PIL import Image
+    from wsss.io import read_image_size
 
     if free is None:
         return
     biggest, size = None, (0, 0)
     for image_id in ds.ids:
-        with Image.open(ds.image_path(image_id)) as im:
-            w, h = im.size
+        h, w = read_image_size(ds.image_path(image_id))
         if cfg.max_side and max(h, w) > cfg.max_side:
             f = cfg.max_side / max(h, w)
             h, w = max(1, round(h * f)), max(1, round(w * f))
