@@ -214,6 +214,7 @@ def test_the_resnet_cam_classifier_starts_as_irns_does():
     net = ResNetCAMNet("resnet_tiny", 200)
     w = net.classifier.weight
     fan_in = w.shape[1]
+    w = w.detach()
     assert float(w.abs().max()) <= 1 / math.sqrt(fan_in) + 1e-7
     assert abs(float(w.std()) * math.sqrt(3 * fan_in) - 1) < 0.05
 
