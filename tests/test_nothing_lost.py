@@ -164,7 +164,6 @@ def test_cuda_without_a_gpu_and_worker_errors_are_one_line(toy_root, tmp_path):
     images = sorted((root / "JPEGImages").glob("*.jpg"))
     for image in images:  # every one, so that the first batch meets one
         image.write_bytes(image.read_bytes()[:200])
-    first = images[0]
     msg = _refused(_train_cls(root, tmp_path / "run2", "--workers", "2", "--device", "cpu"))
     assert "JPEGImages" in msg and "Original Traceback" not in msg and "File \"" not in msg
     assert len(msg.strip().splitlines()) <= 2, msg

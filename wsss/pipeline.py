@@ -211,7 +211,7 @@ def _input_paths(settings: Any, prefix: str = "") -> list[tuple[str, str]]:
             key = f"{prefix}{k}"
             if isinstance(v, str) and k in _PATH_KEYS and v:
                 found.append((key, v))
-            elif isinstance(v, dict) and k in ("cams", "boundaries") or (k == "masks" and isinstance(v, dict)):
+            elif isinstance(v, dict) and k in ("cams", "boundaries", "masks"):  # figure: {name: folder}
                 found += [(f"{key}.{n}", p) for n, p in v.items() if isinstance(p, str)]
             elif isinstance(v, dict):
                 found += _input_paths(v, key + ".")

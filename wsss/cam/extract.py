@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsss.cls.models import load_trained_classifier
 from wsss.cls.transforms import normalize
@@ -265,15 +264,15 @@ def _check_sizes_fit(model: torch.nn.Module, cfg: ExtractCamConfig, ds, device: 
 
 
 def extract_one(model: torch.nn.Module, image: np.ndarray, label: np.ndarray, cfg: ExtractCamConfig,
-                device: torch.device, image_id: str, free: int | None) -> dict[str, np.ndarray]:
+                device: torch.device) -> dict[str, np.ndarray]:
     """:func:`compute_cams` on the image, or on it downscaled to ``cfg.max_side`` with the maps resized
-    back to the full image's stride-4 and full-size grids (max-normalised again); checks memory first."""
+    back to the full image's stride-4 and full-size grids (max-normalised again). Memory was checked
+    for the split's largest image before the loop (:func:`_check_sizes_fit`)."""
     h, w = image.shape[:2]
     small = image
     if cfg.max_side and max(h, w) > cfg.max_side:
         f = cfg.max_side / max(h, w)
         small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    check_memory(model, cfg, image_id, small.shape[0], small.shape[1], device, free)
     cams = compute_cams(model, small, label, cfg, device)
     if small is image:
         return cams
@@ -363,7 +362,7 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
 
     for image_id in tracked(todo, f"extract-cam {cfg.method}", progress):
         sample = ds.load(image_id, with_mask=False)
-        save_cam(out / f"{image_id}{suffix}", extract_one(model, sample.image, sample.label, cfg, device, image_id, free))
+        save_cam(out / f"{image_id}{suffix}", extract_one(model, sample.image, sample.label, cfg, device))
         for other in set(CAM_FILE_SUFFIX.values()) - {suffix}:  # after --overwrite in the other format
             (out / f"{image_id}{other}").unlink(missing_ok=True)
     dist.barrier()

@@ -94,13 +94,6 @@ def _blob_coefficients() -> np.ndarray:
     return np.array(out, np.float32)
 
 
-def _polar(size: int, cx: float, cy: float, radius: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    """Radius (in units of ``radius``) and angle of every pixel around (cx, cy), rotated by ``angle``."""
-    yy, xx = _grid(size)
-    dx, dy = (xx - cx) / radius, (yy - cy) / radius
-    return np.sqrt(dx * dx + dy * dy), np.arctan2(dy, dx) - angle
-
-
 def _polygon_points(n: int, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
     a = angle + np.arange(n) * 2 * np.pi / n
     return np.stack([cx + radius * np.cos(a), cy + radius * np.sin(a)], 1)

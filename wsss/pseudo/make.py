@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
 
 from wsss.cam.extract import load_cam
 from wsss.config import ConfigError, check_output_settings, check_provenance, pending_ids, prepare_output, to_dict
