@@ -10,6 +10,8 @@ from wsss.pseudo.random_walk import (
     dense_transition_matrix,
     full_stencil,
     irn_postprocess,
+    propagate,
+    propagate_batch,
     random_walk,
     stencil_offsets,
     stencil_paths,
@@ -144,6 +146,22 @@ def test_walk_matches_dense_reference(h, w, k, seed):
     keys = np.array([3, 7, 14][:k])
     size = (4 * h - 2, 4 * w - 3)
     assert np.array_equal(irn_postprocess(got, keys, size), irn_postprocess(ref, keys, size))
+
+
+def test_batched_walk_gives_each_image_its_own_walk():
+    """propagate_batch stacks images of one size (different class counts) in one walk: each result
+    equals that image walked alone, exactly, and equals the dense reference."""
+    cases = [_case(10, 13, k, seed) for k, seed in [(1, 20), (3, 21), (2, 22)]]
+    cams = [x / (1 - b) for b, x in cases]  # propagate multiplies by (1 - boundary) itself
+    got = propagate_batch(cams, [b for b, _ in cases], exp_times=4)
+    for (b, x), c, g in zip(cases, cams, got):
+        assert g.shape == c.shape
+        assert torch.equal(g, propagate(c, b, exp_times=4))
+        T = dense_transition_matrix(boundary_to_affinity(b), BETA, RADIUS)
+        ref = (x.reshape(len(x), -1) @ torch.linalg.matrix_power(T, 16)).reshape_as(x)
+        torch.testing.assert_close(g, ref, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="one size"):
+        propagate_batch([cams[0], cams[0][:, :5]], [cases[0][0], cases[0][0][:5]])
 
 
 def test_walk_few_steps_exact():

