@@ -524,6 +524,53 @@ def predict_cmd(config_path, seg_dir, data_kind, data_root, split, mode, scales,
     predict(cfg, progress=sys.stderr.isatty())
 
 
+@main.group("prepare")
+def prepare_group() -> None:
+    """Turn raw dataset downloads (VOC + SBD, COCO, Cityscapes) into the trees wsss reads. Resumable."""
+
+
+@prepare_group.command("voc")
+@click.option("--voc", type=click.Path(file_okay=False, path_type=Path), required=True, help="VOC2012 folder (or VOCdevkit, or the folder holding it).")
+@click.option("--sbd", type=click.Path(file_okay=False, path_type=Path), required=True, help="SBD's benchmark_RELEASE/dataset folder (cls/, train.txt, val.txt), or benchmark_RELEASE.")
+@click.option("--workers", type=click.IntRange(1), default=2, help="Worker processes.")
+@click.option("--mask-format", type=click.Choice(["palette", "index"]), default="palette", help="PNG masks with the VOC palette, or single-channel index PNGs (for code reading masks with imageio or OpenCV).")
+def prepare_voc_cmd(voc: Path, sbd: Path, workers: int, mask_format: str) -> None:
+    """VOC 2012 + SBD: the train_aug masks, list and labels.
+
+    Writes SegmentationClassAug/, ImageSets/Segmentation/train_aug.txt and cls_labels.npy in the VOC folder.
+    """
+    from wsss.data.prepare import prepare_voc
+
+    click.echo(prepare_voc(voc, sbd, workers=workers, mask_format=mask_format, progress=sys.stderr.isatty()).line)
+
+
+@prepare_group.command("coco")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), required=True, help="COCO folder (holding train2014/, val2014/); masks go to ROOT/mask/<split>/.")
+@click.option("--annotations", type=click.Path(dir_okay=False, path_type=Path), multiple=True, required=True, help="instances_train2014.json or instances_val2014.json (repeatable).")
+@click.option("--workers", type=click.IntRange(1), default=2, help="Worker processes.")
+def prepare_coco_cmd(root: Path, annotations: tuple[Path, ...], workers: int) -> None:
+    """COCO 2014: masks from the instance annotations, lists and labels.
+
+    Writes ROOT/mask/<split>/*.png (class index 0..80, 255 ignore), train14.txt / val14.txt and cls_labels.npy.
+    """
+    from wsss.data.prepare import prepare_coco
+
+    click.echo(prepare_coco(root, list(annotations), workers=workers, progress=sys.stderr.isatty()).line)
+
+
+@prepare_group.command("cityscapes")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), required=True, help="Cityscapes folder holding gtFine/<split>/<city>/.")
+@click.option("--workers", type=click.IntRange(1), default=2, help="Worker processes.")
+def prepare_cityscapes_cmd(root: Path, workers: int) -> None:
+    """Cityscapes: labelTrainIds masks from the labelIds ones.
+
+    Writes *_gtFine_labelTrainIds.png (19 train ids, 255 ignore) beside every *_gtFine_labelIds.png.
+    """
+    from wsss.data.prepare import prepare_cityscapes
+
+    click.echo(prepare_cityscapes(root, workers=workers, progress=sys.stderr.isatty()).line)
+
+
 def _run_recipe_cli(recipe_path: Path, out: str | None, variables: tuple[str, ...], only: str | None) -> None:
     from wsss.engine import dist
     from wsss.pipeline import layout, load_recipe, run_recipe
