@@ -94,3 +94,21 @@ def test_irn_presets_train_the_cam_net_with_irns_effective_momentum():
     recipe = yaml.safe_load((root / "pipelines" / "voc_r50_cam_irn.yaml").read_text())
     cls_steps = [s["settings"] for s in recipe["steps"] if s["stage"] == "train_cls"]
     assert cls_steps and all(s["momentum"] == 1e-4 for s in cls_steps if s.get("optimizer") == "sgd")
+
+
+def test_implied_settings_fill_in_nested_records(tmp_path):
+    """A manifest recorded before a nested setting existed (make-pseudo's ``irn`` without
+    ``resize``) compares as the implied value, and refuses any other."""
+    import json
+
+    from wsss.config import check_output_settings
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"refine": "irn", "irn": {"crop": 512}}))
+    implied = {"irn": {"resize": "opencv"}}
+    check_output_settings(tmp_path, {"refine": "irn", "irn": {"crop": 512, "resize": "opencv"}}, "masks",
+                          implied=implied)
+    with pytest.raises(ConfigError, match="other settings \\(irn\\)"):
+        check_output_settings(tmp_path, {"refine": "irn", "irn": {"crop": 512, "resize": "pil"}}, "masks",
+                              implied=implied)
+    with pytest.raises(ConfigError, match="other settings \\(irn\\)"):  # without the implied value: a new key
+        check_output_settings(tmp_path, {"refine": "irn", "irn": {"crop": 512, "resize": "opencv"}}, "masks")

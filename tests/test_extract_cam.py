@@ -279,6 +279,18 @@ def test_scales_are_made_with_irns_pil_bicubic():
     assert not np.array_equal(_resize(image, 0.5), _resize(image, 0.5, "opencv"))
 
 
+def test_resize_opencv_option_is_the_previous_cubic():
+    import cv2
+
+    from wsss.cam.extract import _resize
+
+    image = np.random.default_rng(0).integers(0, 256, (75, 100, 3)).astype(np.uint8)
+    for s in (0.5, 1.5, 2.0, 0.33):
+        size = (max(1, round(100 * s)), max(1, round(75 * s)))
+        np.testing.assert_array_equal(_resize(image, s, "opencv"), cv2.resize(image, size, interpolation=cv2.INTER_CUBIC))
+    assert _resize(image, 1.0, "opencv") is image and _resize(image, 1.0) is image
+
+
 def test_eval_cam_reports_the_best_and_irns_fixed_threshold(toy_root, tmp_path):
     """The fixed-threshold figures equal thresholding the CAMs at 0.15 and scoring them directly."""
     import json

@@ -257,6 +257,83 @@ def test_stride4_labels_sample_as_irns_pil_rescale():
     np.testing.assert_array_equal(y, label[2::4, 2::4])
 
 
+def _restated_irn_transform(image, label, seed, scale_range, crop, resize_image, resize_label):
+    """irn_train_transform written out step by step with the same random draws: one rescale for
+    both (``resize_*(a, (h', w'))``), flip, normalise, crop (pad 0 / 255), label at pixels 4i + 2."""
+    from wsss.cls.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(seed)
+    scale = float(rng.uniform(scale_range[0], scale_range[1]))
+    h, w = image.shape[:2]
+    size = (int(np.round(h * scale)), int(np.round(w * scale)))  # IRN's pil_rescale
+    image, label = resize_image(image, size), resize_label(label, size)
+    if rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    hwc = (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    h, w = hwc.shape[:2]
+    ph, pw = max(crop, h), max(crop, w)
+    top, left = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
+    y0, x0 = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
+    canvas = np.zeros((ph, pw, 3), np.float32)
+    canvas[top : top + h, left : left + w] = hwc
+    lcanvas = np.full((ph, pw), 255, np.uint8)
+    lcanvas[top : top + h, left : left + w] = label
+    small = lcanvas[y0 : y0 + crop, x0 : x0 + crop][2::4, 2::4]
+    return canvas[y0 : y0 + crop, x0 : x0 + crop].transpose(2, 0, 1), small
+
+
+def _pil(resample):
+    from PIL import Image
+
+    def resize(a, size):  # IRN's imutils.pil_resize
+        if size == a.shape[:2]:
+            return a
+        return np.asarray(Image.fromarray(a).resize(size[::-1], resample))
+
+    return resize
+
+
+def _irn_image_and_label():
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (50, 75, 3)).astype(np.uint8)
+    label = rng.integers(0, 4, (50, 75)).astype(np.uint8)  # a label that changes at every pixel
+    label[label == 3] = 255
+    return image, label
+
+
+def test_train_transform_resizes_with_irns_pil_kernels_by_default():
+    from PIL import Image
+
+    image, label = _irn_image_and_label()
+    for seed in range(8):  # scales 0.5-1.5 around the 64 crop: padded and cropped, flipped and not
+        x, y = irn_train_transform(image, label, np.random.default_rng(seed), scale_range=(0.5, 1.5), crop=64)
+        rx, ry = _restated_irn_transform(image, label, seed, (0.5, 1.5), 64, _pil(Image.BICUBIC), _pil(Image.NEAREST))
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+        assert set(np.unique(y)) <= {0, 1, 2, 255}  # nearest: no value the label does not hold
+
+
+def test_train_transform_opencv_option_is_the_previous_kernels():
+    import cv2
+
+    image, label = _irn_image_and_label()
+
+    def old(interp):  # the calls train-irn made before the setting existed
+        return lambda a, size: cv2.resize(a, size[::-1], interpolation=interp)
+
+    differs = False
+    for seed in range(8):
+        x, y = irn_train_transform(image, label, np.random.default_rng(seed), scale_range=(0.5, 1.5), crop=64,
+                                   resize="opencv")
+        rx, ry = _restated_irn_transform(image, label, seed, (0.5, 1.5), 64, old(cv2.INTER_CUBIC),
+                                         old(cv2.INTER_NEAREST_EXACT))
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+        differs |= not np.array_equal(x, irn_train_transform(image, label, np.random.default_rng(seed),
+                                                             scale_range=(0.5, 1.5), crop=64)[0])
+    assert differs  # the option changes something
+
+
 @pytest.fixture(scope="module")
 def ir_labels(toy_root, tmp_path_factory):
     """Stand-in IR labels: the toy ground truth with a void band at each mask's edges."""
@@ -371,3 +448,49 @@ def test_boundary_inference_pads_as_irns_edge_displacement():
     with torch.no_grad():
         big = np.zeros((70, 50, 3), np.uint8)
         assert infer_boundary(net, big, pad=64).shape == (18, 13)
+
+
+def test_train_irn_refuses_a_bad_resize_kernel(toy_root, ir_labels, tmp_path):
+    image, label = _irn_image_and_label()
+    with pytest.raises(ConfigError, match="resize must be 'pil' or 'opencv', got 'cubic'"):
+        irn_train_transform(image, label, np.random.default_rng(0), scale_range=(0.5, 1.5), crop=64, resize="cubic")
+    with pytest.raises(ConfigError, match="resize must be 'pil' or 'opencv', got 'cv2'"):
+        _train(_cfg(toy_root, ir_labels, tmp_path / "bad", resize="cv2"))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_train_irn_run_recorded_before_resize_existed_resumes_with_opencv(toy_root, ir_labels, tmp_path, monkeypatch):
+    import yaml
+
+    from wsss.engine import checkpoint as ckpt
+    from wsss.pseudo import train_irn as module
+
+    out = tmp_path / "old"
+    _train(_cfg(toy_root, ir_labels, out, max_steps=2, save_every=1, epochs=1, resize="opencv"))
+    (out / "done.json").unlink()
+    state = ckpt.load_resume(out / "resume.pt")  # as written before the setting existed
+    del state["config"]["resize"]
+    state["step"] = 1
+    ckpt.save_resume(out / "resume.pt", state)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["resize"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+    used = []
+    real = module.irn_train_transform
+
+    def spy(*a, **k):
+        used.append(k["resize"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, "irn_train_transform", spy)
+    _train(_cfg(toy_root, ir_labels, out, max_steps=2, save_every=1, epochs=1), resume=True)  # the default, pil
+    assert used and set(used) == {"opencv"}
+    assert yaml.safe_load((out / "config.yaml").read_text())["resize"] == "opencv"
+    assert torch.load(out / "resume.pt", weights_only=True)["config"]["resize"] == "opencv"
+    # a run recorded with pil is not resumed with opencv
+    _train(_cfg(toy_root, ir_labels, tmp_path / "new", max_steps=1, save_every=1, epochs=1))
+    (tmp_path / "new" / "done.json").unlink()
+    with pytest.raises(ConfigError, match="configuration changed \\(resize\\)"):
+        _train(_cfg(toy_root, ir_labels, tmp_path / "new", max_steps=1, save_every=1, epochs=1, resize="opencv"),
+               resume=True)

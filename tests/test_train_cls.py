@@ -233,3 +233,158 @@ def test_conformer_groups_exempt_cls_token_and_1d_parameters_from_weight_decay()
     assert no_decay | decay == set(names.values()) and not no_decay & decay
     assert specs["transformer_no_decay"].lr == 2e-4 and specs["cnn_no_decay"].schedule == "poly"
     assert any(type(m).__name__ == "DropPath" for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- resize kernels
+def _restated_cls_transform(image, mask, seed, resize_range, crop, resize_image, resize_mask):
+    """cls_train_transform written out step by step with the same random draws: long-side resize
+    (``resize_image(image, (h', w'))``, the mask with ``resize_mask``), flip, normalise, crop."""
+    from wsss.cls.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(seed)
+    target_long = int(rng.integers(resize_range[0], resize_range[1] + 1))
+    h, w = image.shape[:2]
+    scale = target_long / h if w < h else target_long / w  # IRN's random_resize_long
+    size = (int(np.round(h * scale)), int(np.round(w * scale)))  # IRN's pil_rescale
+    image, mask = resize_image(image, size), resize_mask(mask, size)
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    hwc = (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    h, w = hwc.shape[:2]
+    ph, pw = max(crop, h), max(crop, w)
+    top, left = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
+    y0, x0 = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
+    canvas = np.zeros((ph, pw, 3), np.float32)
+    canvas[top : top + h, left : left + w] = hwc
+    mcanvas = np.full((ph, pw), 255, np.uint8)
+    mcanvas[top : top + h, left : left + w] = mask
+    return canvas[y0 : y0 + crop, x0 : x0 + crop].transpose(2, 0, 1), mcanvas[y0 : y0 + crop, x0 : x0 + crop]
+
+
+def _pil(resample):
+    from PIL import Image
+
+    def resize(a, size):  # IRN's imutils.pil_resize
+        if size == a.shape[:2]:
+            return a
+        return np.asarray(Image.fromarray(a).resize(size[::-1], resample))
+
+    return resize
+
+
+def _cv2(interp):
+    import cv2
+
+    return lambda a, size: cv2.resize(a, size[::-1], interpolation=interp)
+
+
+def _image_and_mask(h=45, w=70):
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[5:30, 10:50] = 3
+    mask[20:40, 40:65] = 7
+    return image, mask
+
+
+@pytest.mark.parametrize("shape", [(45, 70), (70, 45), (50, 50)])
+def test_cls_transform_resizes_with_irns_pil_kernels_by_default(shape):
+    from PIL import Image
+
+    from wsss.cls.transforms import cls_train_transform
+
+    image, mask = _image_and_mask(*shape)
+    for seed in range(8):  # long sides 40-90 around the 64 crop: padded and cropped, flipped and not
+        x, m = cls_train_transform(image, np.random.default_rng(seed), resize_range=(40, 90), crop=64, mask=mask)
+        rx, rm = _restated_cls_transform(image, mask, seed, (40, 90), 64, _pil(Image.BICUBIC), _pil(Image.NEAREST))
+        assert x.dtype == np.float32 and m.dtype == np.int64
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(m, rm)
+        assert set(np.unique(m)) <= {0, 3, 7, 255}  # nearest: no value the mask does not hold
+        x2 = cls_train_transform(image, np.random.default_rng(seed), resize_range=(40, 90), crop=64)
+        np.testing.assert_array_equal(x, x2)  # the mask takes no random draw of its own
+
+
+def test_cls_transform_opencv_option_is_the_previous_kernels():
+    import cv2
+
+    from wsss.cls.transforms import cls_train_transform
+
+    image, mask = _image_and_mask()
+    differs = False
+    for seed in range(8):
+        x, m = cls_train_transform(image, np.random.default_rng(seed), resize_range=(40, 90), crop=64, mask=mask,
+                                   resize="opencv")
+        # the calls train-cls made before the setting existed: image linear, mask nearest
+        rx, rm = _restated_cls_transform(image, mask, seed, (40, 90), 64, _cv2(cv2.INTER_LINEAR), _cv2(cv2.INTER_NEAREST))
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(m, rm)
+        differs |= not np.array_equal(x, cls_train_transform(image, np.random.default_rng(seed), resize_range=(40, 90),
+                                                             crop=64))
+    assert differs  # the option changes something
+
+
+def test_bad_resize_kernel_is_refused(toy_root, tmp_path):
+    from wsss.cls.transforms import cls_train_transform
+
+    image, _ = _image_and_mask()
+    with pytest.raises(ConfigError, match="resize must be 'pil' or 'opencv', got 'bilinear'"):
+        cls_train_transform(image, np.random.default_rng(0), resize_range=(40, 90), crop=64, resize="bilinear")
+    with pytest.raises(ConfigError, match="resize must be 'pil' or 'opencv', got 'cv2'"):
+        train_cls(_cfg(toy_root, tmp_path / "bad", resize="cv2"), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def _as_before_resize_existed(out):
+    """Make a run folder look as one written before ``resize`` existed: no key in config.yaml or resume.pt."""
+    import yaml
+
+    from wsss.engine import checkpoint as ckpt
+
+    state = ckpt.load_resume(out / "resume.pt")
+    del state["config"]["resize"]
+    ckpt.save_resume(out / "resume.pt", state)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["resize"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+
+def test_a_run_recorded_before_resize_existed_resumes_with_opencv(toy_root, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    kw = dict(model="resnet_tiny", max_steps=3, save_every=1, val_split=None, epochs=1)
+    train_cls(_cfg(toy_root, tmp_path / "a", resize="opencv", **kw), progress=False)
+
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # killed after the step-1 checkpoint
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_cls(_cfg(toy_root, tmp_path / "b", resize="opencv", **kw), progress=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    _as_before_resize_existed(tmp_path / "b")
+    assert "resize" not in yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+
+    capsys.readouterr()
+    train_cls(_cfg(toy_root, tmp_path / "b", **kw), resume=True, progress=False)  # the default, pil
+    assert "continues with resize=opencv" in capsys.readouterr().out
+    wa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in wa:  # the resumed steps used OpenCV's kernels, as the run began
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["resize"] == "opencv"
+    assert torch.load(tmp_path / "b" / "resume.pt", weights_only=True)["config"]["resize"] == "opencv"
+
+
+def test_resume_refuses_another_resize_kernel(toy_root, tmp_path):
+    kw = dict(model="resnet_tiny", max_steps=2, save_every=1, val_split=None, epochs=1)
+    train_cls(_cfg(toy_root, tmp_path / "r", **kw), progress=False)
+    (tmp_path / "r" / "done.json").unlink()
+    with pytest.raises(ConfigError, match="configuration changed \\(resize\\)"):
+        train_cls(_cfg(toy_root, tmp_path / "r", resize="opencv", **kw), resume=True, progress=False)

@@ -217,12 +217,18 @@ def check_output_settings(out: str | Path, settings: Mapping[str, Any], what: st
     Stages that skip finished items on a rerun call this first, so a resumed run
     never mixes outputs made with different parameters. ``what`` names the
     outputs in the message ("CAMs", "masks"). ``implied``: the value a setting
-    had before it was recorded, for manifests written before it existed.
+    had before it was recorded, for manifests written before it existed; a mapping
+    for a nested setting (``{"irn": {"resize": "opencv"}}``) fills in the keys that
+    the recorded mapping lacks.
     """
     path = Path(out) / MANIFEST
     if overwrite or not path.is_file():
         return
-    old = {**(implied or {}), **json.loads(path.read_text(encoding="utf-8"))}
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    old = {**(implied or {}), **recorded}
+    for k, v in (implied or {}).items():
+        if isinstance(v, Mapping) and isinstance(recorded.get(k), Mapping):
+            old[k] = {**v, **recorded[k]}
     changed = sorted(k for k in settings if settings[k] != old.get(k))
     if changed:
         raise ConfigError(

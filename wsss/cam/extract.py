@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.cls.models import load_trained_classifier
-from wsss.cls.transforms import normalize
+from wsss.cls.transforms import normalize, resize_to, scaled_size
 from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
@@ -207,13 +207,7 @@ def _resize(image: np.ndarray, scale: float, kernel: str = "pil") -> np.ndarray:
     kernel when downscaling, i.e. antialiases) by default, or OpenCV's cubic (``kernel="opencv"``)."""
     if scale == 1.0:
         return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if kernel == "pil":
-        from PIL import Image
-
-        return np.asarray(Image.fromarray(image).resize(size, resample=Image.BICUBIC))
-    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+    return resize_to(image, scaled_size(*image.shape[:2], scale), kernel, order=3, opencv=cv2.INTER_CUBIC)
 
 
 @torch.no_grad()

@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from wsss.cls.metrics import multilabel_metrics
 from wsss.cls.models import build_classifier
-from wsss.cls.transforms import cls_train_transform, normalize
+from wsss.cls.transforms import check_resize_kernel, cls_train_transform, normalize
 from wsss.config import ConfigError
 from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
-from wsss.engine.loop import LoopSettings, SeededTrainSet, make_optimizer, train_loop
+from wsss.engine.loop import LoopSettings, SeededTrainSet, make_optimizer, resumed_config, train_loop
 from wsss.io import WsssDataError, read_image
 
 
@@ -46,6 +46,10 @@ class TrainClsConfig:
     drop_path: Conformer stochastic-depth rate (the official recipe's 0.1; 0 = off, the default).
     batch_size: global batch, split evenly over processes.
     crop: training crop side, pixels. resize_long: range of the random long-side resize, pixels.
+    resize: the kernel of that resize: ``pil`` (IRN's ``imutils.random_resize_long``: PIL bicubic,
+    antialiased when downscaling; partial pooling's region masks PIL nearest), for fidelity to the
+    IRN code the recipe reproduces, or ``opencv`` (OpenCV linear, masks OpenCV nearest: what
+    train-cls did before this setting, and what a run recorded without it resumes with).
     optimizer: ``adamw`` or ``sgd``. lr: CNN / backbone lr (poly decay).
     lr_transformer: Conformer transformer branch lr (constant). head_lr_mult: ResNet classifier lr factor.
     partial_pool: S of partial pooling (PCAA Eq. 3; 0 = off): a focal loss on the S x S pooled
@@ -70,6 +74,7 @@ class TrainClsConfig:
     batch_size: int = 16
     crop: int = 384
     resize_long: tuple[int, int] = (320, 640)
+    resize: str = "pil"
     optimizer: str = "adamw"
     lr: float = 5e-4
     lr_transformer: float | None = 2e-4
@@ -89,6 +94,11 @@ class TrainClsConfig:
     log_every: int = 20
 
 
+CONFIG_IMPLIED = {"resize": "opencv"}
+"""What a train-cls run recorded before ``resize`` existed was trained with: OpenCV's kernels
+(:func:`~wsss.engine.loop.resumed_config`)."""
+
+
 class ClsTrainSet(SeededTrainSet):
     """Augmented crops (and region masks with partial pooling) with image-level labels."""
 
@@ -100,10 +110,12 @@ class ClsTrainSet(SeededTrainSet):
         image = read_image(self.ds.image_path(image_id))
         label = torch.from_numpy(self.ds.label(image_id))
         if not self.cfg.partial_pool:
-            x = cls_train_transform(image, rng, resize_range=self.cfg.resize_long, crop=self.cfg.crop)
+            x = cls_train_transform(image, rng, resize_range=self.cfg.resize_long, crop=self.cfg.crop,
+                                    resize=self.cfg.resize)
             return torch.from_numpy(x), label
         mask = self.ds.read_checked_mask(self.region_mask_path(image_id), image.shape[:2])
-        x, m = cls_train_transform(image, rng, resize_range=self.cfg.resize_long, crop=self.cfg.crop, mask=mask)
+        x, m = cls_train_transform(image, rng, resize_range=self.cfg.resize_long, crop=self.cfg.crop, mask=mask,
+                                   resize=self.cfg.resize)
         return torch.from_numpy(x), label, torch.from_numpy(m)
 
     def region_mask_path(self, image_id: str) -> Path:
@@ -166,7 +178,9 @@ def evaluate_cls(model: nn.Module, ds: SegDataset, device: torch.device, workers
 def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
     ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
+    check_resize_kernel(cfg.resize)
     out = Path(cfg.out)
+    cfg = resumed_config(cfg, out, resume, CONFIG_IMPLIED, "train-cls")
     device = dist.init_distributed(cfg.device)
     train_ds = build_dataset(cfg.data)
     val_ds = build_dataset(cfg.data, split=cfg.val_split) if cfg.val_split else None
@@ -197,7 +211,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True, 
     settings = LoopSettings(
         name="train-cls", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
         max_steps=cfg.max_steps, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
-        save_every=cfg.save_every, log_every=cfg.log_every,
+        save_every=cfg.save_every, log_every=cfg.log_every, implied=CONFIG_IMPLIED,
     )
     last = train_loop(
         model=model, optimizer=optimizer, train_set=train_set, config=cfg, settings=settings,

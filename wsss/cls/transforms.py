@@ -3,11 +3,18 @@
 Each sample draws from ``np.random.default_rng([seed, epoch, index])``, so the
 augmentation of an image depends only on those three numbers: a run resumed
 mid-epoch, or split over several processes, sees exactly the same crops.
+
+Every resize of the training and extraction stages goes through :func:`resize_to`: IRN's
+kernels (``misc/imutils.py: pil_resize``: PIL bicubic for images, PIL nearest for labels) by
+default, or OpenCV's (``kernel="opencv"``), which wsss used before and which each stage still
+offers as its ``resize`` setting.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from wsss.config import ConfigError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
@@ -18,11 +25,50 @@ def normalize(image: np.ndarray) -> np.ndarray:
     return ((image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
 
 
-def resize_long(image: np.ndarray, long_side: int, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+RESIZE_KERNELS = ("pil", "opencv")
+
+
+def check_resize_kernel(kernel: str) -> None:
+    """Refuse a ``resize`` setting other than ``pil`` or ``opencv`` (a :class:`ConfigError`)."""
+    if kernel not in RESIZE_KERNELS:
+        raise ConfigError(f"resize must be 'pil' or 'opencv', got '{kernel}'")
+
+
+def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    """``(width, height)`` of an ``h x w`` image at ``scale``: IRN's ``pil_rescale`` size
+    (``np.round``, which, like Python's ``round``, rounds halves to even), at least 1 pixel."""
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def resize_to(image: np.ndarray, size: tuple[int, int], kernel: str = "pil", *, order: int = 3,
+              opencv: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """``image`` ((H, W, 3) uint8, or an (H, W) uint8 label) resized to ``size = (width, height)``.
+
+    ``kernel="pil"``: IRN's ``imutils.pil_resize(img, size, order)``: PIL bicubic for ``order=3``
+    (which widens its kernel when downscaling, i.e. antialiases), PIL nearest for ``order=0``;
+    the input itself when the size already matches. ``kernel="opencv"``: ``cv2.resize`` with the
+    interpolation ``opencv`` (what each stage called before the setting existed: cubic for images
+    in extract-cam and train-irn, linear for train-cls, nearest for labels).
+    """
+    check_resize_kernel(kernel)
+    if kernel == "opencv":
+        return cv2.resize(image, size, interpolation=opencv)
+    if order not in (0, 3):
+        raise ValueError(f"order must be 3 (bicubic) or 0 (nearest), got {order}")
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    from PIL import Image
+
+    resample = Image.BICUBIC if order == 3 else Image.NEAREST
+    return np.asarray(Image.fromarray(image).resize(tuple(size), resample=resample))
+
+
+def resize_long(image: np.ndarray, long_side: int, kernel: str = "pil", interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """``image`` with its long side resized to ``long_side``: IRN's ``random_resize_long`` once it
+    has drawn the side (``pil_rescale(img, long_side / max(h, w), 3)``, PIL bicubic) by default, or
+    ``cv2.resize`` with ``interp`` (``kernel="opencv"``, train-cls's kernel before: linear)."""
     h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=interp)
+    return resize_to(image, scaled_size(h, w, long_side / max(h, w)), kernel, order=3, opencv=interp)
 
 
 def random_crop(arrays: list[np.ndarray], crop: int, rng: np.random.Generator, fills: list[float]) -> list[np.ndarray]:
@@ -47,18 +93,21 @@ def random_crop(arrays: list[np.ndarray], crop: int, rng: np.random.Generator, f
 
 def cls_train_transform(
     image: np.ndarray, rng: np.random.Generator, *, resize_range: tuple[int, int], crop: int, flip: bool = True,
-    mask: np.ndarray | None = None,
+    mask: np.ndarray | None = None, resize: str = "pil",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """IRN's recipe: random long-side resize, horizontal flip, normalise, random crop.
 
     Returns (3, crop, crop) float32; with ``mask`` ((H, W) uint8 class ids) also
     the mask put through the same resize (nearest), flip and crop, padded with
     255, as (crop, crop) int64 (partial pooling's region labels, PCAA Eq. 4).
+    ``resize``: ``pil`` (IRN's ``random_resize_long``: PIL bicubic; the mask PIL nearest) or
+    ``opencv`` (the kernels before this setting: OpenCV linear, the mask OpenCV nearest).
     """
+    check_resize_kernel(resize)
     long_side = int(rng.integers(resize_range[0], resize_range[1] + 1))
-    image = resize_long(image, long_side)
+    image = resize_long(image, long_side, resize, interp=cv2.INTER_LINEAR)
     if mask is not None:
-        mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        mask = resize_to(mask, (image.shape[1], image.shape[0]), resize, order=0, opencv=cv2.INTER_NEAREST)
     if flip and rng.random() < 0.5:
         image = image[:, ::-1]
         mask = None if mask is None else mask[:, ::-1]

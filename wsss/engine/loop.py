@@ -11,29 +11,32 @@ A stage builds its model, optimiser and augmented dataset, then hands them to
   ``schedule`` name from :data:`wsss.engine.schedule.SCHEDULES`), set per step;
 * checkpoints: ``resume.pt`` (plain types, loads with ``weights_only=True``)
   and the weights as safetensors, at epoch ends and every ``save_every`` steps;
-  ``--resume`` refuses a changed configuration and names what changed;
+  ``--resume`` refuses a changed configuration and names what changed (a setting the run's
+  checkpoint predates counts as the value it implied then: :func:`resumed_config`);
 * a NaN or infinite loss stops the run naming the step, leaving the last good
   checkpoint in place;
 * progress bar, JSON-lines metrics, DistributedDataParallel.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.config import ConfigError, save_config, to_dict
+from wsss.config import ConfigError, read_yaml, save_config, to_dict
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.schedule import SCHEDULES
-from wsss.io import append_jsonl, write_json
+from wsss.io import append_jsonl, write_json, write_text
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -107,6 +110,8 @@ class LoopSettings:
     name: the stage's name in messages and the progress bar.
     epochs / max_steps: the run's length (``max_steps`` caps it: tests, smoke runs).
     batch_size: the global batch, split evenly over processes.
+    implied: what a setting meant in runs whose checkpoint was written before it existed
+    (``{"resize": "opencv"}``); ``--resume`` compares the run's recorded value as that.
     """
 
     name: str
@@ -122,6 +127,7 @@ class LoopSettings:
     log_every: int = 20
     grad_clip: float | None = None
     weights_name: str = ckpt.WEIGHTS_NAME
+    implied: Mapping[str, Any] = field(default_factory=dict)
 
 
 # Settings that cannot change what is trained: a resumed run may use other values.
@@ -130,6 +136,41 @@ RUNTIME_ONLY = ("workers",)
 
 def _settings(config: Any) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_ONLY}
+
+
+def resumed_config(config: Any, out: Path, resume: bool, implied: Mapping[str, Any], stage: str) -> Any:
+    """``config`` as a ``--resume`` of the run in ``out`` continues it.
+
+    A run whose checkpoint (``resume.pt``) was written before a setting existed was trained with
+    that setting's old behaviour, ``implied[key]`` (train-cls / train-irn: ``{"resize": "opencv"}``).
+    Where ``config`` leaves such a setting at its default, the resumed run takes the implied value
+    (and says so), so it goes on as it began instead of being refused as changed or silently
+    switching behaviour mid-run; any other value is compared with the implied one by
+    :func:`train_loop`, as every setting is. Without ``resume``, a checkpoint, or such a setting:
+    ``config`` as it is. Use the same ``implied`` in :class:`LoopSettings`.
+    """
+    path = Path(out) / ckpt.RESUME_NAME
+    if not resume or not implied or not path.is_file() or (Path(out) / "done.json").is_file():
+        return config
+    recorded = ckpt.load_resume(path).get("config", {})
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    adopted = {k: v for k, v in implied.items() if k not in recorded and getattr(config, k) == defaults.get(k)}
+    if not adopted:
+        return config
+    if dist.is_main():
+        print(f"{stage}: {out} was started before {', '.join(adopted)} existed; it continues with "
+              + ", ".join(f"{k}={v}" for k, v in adopted.items()) + ", as it was trained")
+    return dataclasses.replace(config, **adopted)
+
+
+def _record_predated(path: Path, config: Any, keys: Sequence[str]) -> None:
+    """Add the settings a run's ``config.yaml`` predates, with the values it resumed with."""
+    if not keys or not path.is_file():
+        return
+    data = read_yaml(path)
+    now = to_dict(config)
+    data.update({k: now[k] for k in keys if k not in data})
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 class ProgressLog:
@@ -261,8 +302,10 @@ def train_loop(
     if resume and (out / ckpt.RESUME_NAME).is_file():
         state = ckpt.load_resume(out / ckpt.RESUME_NAME)
         now = _settings(config)
-        if state["config"] != now:
-            changed = sorted(k for k in set(now) | set(state["config"]) if now.get(k) != state["config"].get(k))
+        predated = [k for k in s.implied if k not in state["config"] and k in now]
+        recorded = {**{k: s.implied[k] for k in predated}, **state["config"]}
+        if recorded != now:
+            changed = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
             raise ConfigError(
                 f"cannot resume {out}: the configuration changed ({', '.join(changed)}). "
                 f"Use the same settings, or a new --out folder."
@@ -272,6 +315,7 @@ def train_loop(
         step = int(state["step"])
         ckpt.set_rng_state(state["rng"])
         if main_proc:
+            _record_predated(out / "config.yaml", config, predated)
             print(f"resuming {out} at step {step}/{total_steps}")
     elif main_proc:
         out.mkdir(parents=True, exist_ok=True)

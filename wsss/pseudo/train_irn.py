@@ -12,9 +12,10 @@ builds the config. Inputs: the images of ``data`` and one IR label per image in 
 * ``done.json``: written last; its presence means the stage is complete.
 
 IRN's recipe (``step/train_irn.py``, ``voc12/dataloader.py: VOC12AffinityDataset``): random
-rescale 0.5-1.5 (image cubic, label nearest), horizontal flip, ImageNet normalisation, random
-512 crop (image padded with 0 = the mean colour, label with 255), label reduced to stride 4 by
-PIL's nearest sampling (pixel 4i + 2); 3 epochs of batch 32, last incomplete batch dropped; SGD, lr 0.1 with poly
+rescale 0.5-1.5 (``imutils.random_scale(..., order=(3, 0))``: one scale, image PIL bicubic, label
+PIL nearest; ``resize: opencv`` for OpenCV's cubic / exact nearest instead), horizontal flip,
+ImageNet normalisation, random 512 crop (image padded with 0 = the mean colour, label with 255),
+label reduced to stride 4 by PIL's nearest sampling (pixel 4i + 2); 3 epochs of batch 32, last incomplete batch dropped; SGD, lr 0.1 with poly
 decay (power 0.9) per step, weight decay 1e-4 on the branch only.
 
 Data order and augmentation depend only on (seed, epoch, index), as in ``train-cls``, so a
@@ -33,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wsss.cls.transforms import normalize, random_crop
+from wsss.cls.transforms import check_resize_kernel, normalize, random_crop, resize_to, scaled_size
 from wsss.config import ConfigError, load_config
 from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
-from wsss.engine.loop import GroupSpec, LoopSettings, SeededTrainSet, make_optimizer, train_loop
+from wsss.engine.loop import GroupSpec, LoopSettings, SeededTrainSet, make_optimizer, resumed_config, train_loop
 from wsss.io import IGNORE_INDEX, WsssDataError, read_image, read_mask
 from wsss.models.resnet import CAM_OS16, build_resnet
 from wsss.pseudo.irnet import BoundaryNet, affinity_labels, boundary_loss, edge_to_affinity, path_index
@@ -57,6 +58,10 @@ class TrainIrnConfig:
     with a warning). batch_size: global batch, split evenly over processes. crop: training crop
     side, pixels. scale_range: random rescale factors. radius: pairs are sampled within this
     distance on the stride-4 map (IRN: 10, 152 directions).
+    resize: the kernels of that rescale: ``pil`` (IRN's ``imutils.random_scale(..., order=(3, 0))``:
+    image PIL bicubic, antialiased when downscaling, label PIL nearest), for fidelity to IRN's code, or
+    ``opencv`` (image OpenCV cubic, label OpenCV exact nearest: what train-irn did before this
+    setting, and what a run recorded without it resumes with).
     momentum: IRN's ``PolyOptimizer`` passes its weight decay positionally into SGD's momentum
     slot, so IRN trains with momentum 1e-4 (in effect none); the default reproduces that.
     max_steps: stop after this many optimiser steps in total (tests, smoke runs).
@@ -71,6 +76,7 @@ class TrainIrnConfig:
     batch_size: int = 32
     crop: int = 512
     scale_range: tuple[float, float] = (0.5, 1.5)
+    resize: str = "pil"
     radius: int = 10
     lr: float = 0.1
     weight_decay: float = 1e-4
@@ -86,24 +92,32 @@ class TrainIrnConfig:
     log_every: int = 20
 
 
+CONFIG_IMPLIED = {"resize": "opencv"}
+"""What a train-irn run recorded before ``resize`` existed was trained with: OpenCV's kernels
+(:func:`~wsss.engine.loop.resumed_config`)."""
+
+
 def irn_train_transform(
-    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, scale_range: tuple[float, float], crop: int
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, scale_range: tuple[float, float], crop: int,
+    resize: str = "pil",
 ) -> tuple[np.ndarray, np.ndarray]:
     """IRN's affinity-training augmentation of an image and its IR label.
 
-    ``image`` (H, W, 3) uint8, ``label`` (H, W) uint8. Random rescale (image cubic, label
-    nearest), horizontal flip (p = 0.5), normalise, random crop (pad: image 0, label 255), label
+    ``image`` (H, W, 3) uint8, ``label`` (H, W) uint8. Random rescale, one scale for both
+    (``resize="pil"``: IRN's ``imutils.random_scale(..., order=(3, 0))``, image PIL bicubic, label
+    PIL nearest; ``"opencv"``: the kernels before this setting, image OpenCV cubic, label OpenCV
+    exact nearest), horizontal flip (p = 0.5), normalise, random crop (pad: image 0, label 255), label
     reduced to stride 4 as IRN reduces it (``imutils.pil_rescale(label, 0.25, 0)``: PIL's nearest
     resize samples pixel centres, so cell ``i`` takes pixel ``4 i + 2``, not ``4 i``). Returns
     ``(3, crop, crop)`` float32 and ``(ceil(crop/4), ceil(crop/4))`` uint8 (a last cell past the
     crop, for crops not divisible by 4, is unknown, 255).
     """
+    check_resize_kernel(resize)
     scale = float(rng.uniform(scale_range[0], scale_range[1]))
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
-    # pixel-centre nearest, as IRN's skimage rescale(order=0); plain INTER_NEAREST shifts by half a pixel
-    label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT)
+    size = scaled_size(*image.shape[:2], scale)
+    image = resize_to(image, size, resize, order=3, opencv=cv2.INTER_CUBIC)
+    # opencv: pixel-centre nearest, as IRN's older skimage rescale(order=0); plain INTER_NEAREST shifts by half a pixel
+    label = resize_to(label, size, resize, order=0, opencv=cv2.INTER_NEAREST_EXACT)
     if rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
     hwc = normalize(np.ascontiguousarray(image)).transpose(1, 2, 0)
@@ -132,7 +146,8 @@ class IrnTrainSet(SeededTrainSet):
                 f"IR label {self.label_dir / image_id}.png is {label.shape} but the image is {image.shape[:2]}: "
                 "remake the IR labels from CAMs of these images"
             )
-        x, y = irn_train_transform(image, label, rng, scale_range=self.cfg.scale_range, crop=self.cfg.crop)
+        x, y = irn_train_transform(image, label, rng, scale_range=self.cfg.scale_range, crop=self.cfg.crop,
+                                   resize=self.cfg.resize)
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -155,7 +170,9 @@ def _check(cfg: TrainIrnConfig, ds: SegDataset) -> None:
 def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
     ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
+    check_resize_kernel(cfg.resize)
     out = Path(cfg.out)
+    cfg = resumed_config(cfg, out, resume, CONFIG_IMPLIED, "train-irn")
     device = dist.init_distributed(cfg.device)
     world = dist.world_size()
 
@@ -185,7 +202,7 @@ def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True, 
     settings = LoopSettings(
         name="train-irn", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
         max_steps=cfg.max_steps, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
-        save_every=cfg.save_every, log_every=cfg.log_every, weights_name=WEIGHTS_NAME,
+        save_every=cfg.save_every, log_every=cfg.log_every, weights_name=WEIGHTS_NAME, implied=CONFIG_IMPLIED,
     )
     last = train_loop(
         model=model, optimizer=optimizer, train_set=IrnTrainSet(train_ds, cfg), config=cfg, settings=settings,
@@ -222,4 +239,5 @@ def load_boundary_net(irn_dir: str | Path, device: str | torch.device = "cpu") -
     return net.to(device).eval()
 
 
-__all__ = ["TrainIrnConfig", "IrnTrainSet", "WEIGHTS_NAME", "irn_train_transform", "load_boundary_net", "train_irn"]
+__all__ = ["CONFIG_IMPLIED", "TrainIrnConfig", "IrnTrainSet", "WEIGHTS_NAME", "irn_train_transform", "load_boundary_net",
+           "train_irn"]
