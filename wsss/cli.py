@@ -259,6 +259,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 384].")
 @click.option("--lr", type=float, default=None, help="CNN/backbone learning rate, poly decay [default: 5e-4].")
 @click.option("--resize-long", default=None, help="Range of the random long-side resize, MIN,MAX pixels [default: 320,640].")
+@click.option("--resize", type=click.Choice(["pil", "opencv"]), default=None, help="Kernel of the random long-side resize: pil (IRN's PIL bicubic; region masks PIL nearest) or opencv (OpenCV linear / nearest, the behaviour before) [default: pil].")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None, help="Optimiser [default: adamw].")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per GPU/process [default: 2].")
@@ -268,7 +269,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_split, model, pretrained, strict_load, detach_branches,
-                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, optimizer, drop_path, resume, overwrite) -> None:
+                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, resize, optimizer, drop_path, resume, overwrite) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
@@ -280,7 +281,7 @@ def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_sp
         "pretrained": pretrained, "strict_load": strict_load, "detach_branches": detach_branches, "epochs": epochs,
         "partial_pool": partial_pool, "region_masks": region_masks,
         "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
-        "device": device, "seed": seed, "resize_long": _int_pair(resize_long, "--resize-long"), "optimizer": optimizer, "drop_path": drop_path, "out": out,
+        "device": device, "seed": seed, "resize_long": _int_pair(resize_long, "--resize-long"), "resize": resize, "optimizer": optimizer, "drop_path": drop_path, "out": out,
     }, section="train_cls")
     train_cls(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
@@ -399,13 +400,14 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="irn: where IRNet and the walk run [default: auto].")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: 2].")
+@click.option("--irn-resize", type=click.Choice(["pil", "opencv"]), default=None, help="irn: kernels of IRNet's training rescale, pil (IRN's) or opencv (the behaviour before) [default: pil].")
 @click.option("--irn-pad", type=click.IntRange(0), default=None, help="irn: pad images to this square before the boundary net, as IRN pads to its 512 training crop; 0 = off [default: the boundary net's training crop].")
 @click.option("--mask-format", type=click.Choice(["palette", "index"]), default=None, help="PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which reads masks with imageio) [default: palette].")
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
 def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
                     irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, beta, exp_times, save_scores, device,
-                    workers, irn_pad, mask_format, out, overwrite) -> None:
+                    workers, irn_resize, irn_pad, mask_format, out, overwrite) -> None:
     """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
 
@@ -413,7 +415,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
         "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
         "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "irn_pad": irn_pad, "mask_format": mask_format, "out": out,
         "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
-        "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop,
+        "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop, "irn.resize": irn_resize,
         "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,
     }, section="make_pseudo")
     result = make_pseudo(cfg, progress=sys.stderr.isatty())
@@ -433,6 +435,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 32].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
 @click.option("--lr", type=float, default=None, help="Learning rate, poly decay [default: 0.1].")
+@click.option("--resize", type=click.Choice(["pil", "opencv"]), default=None, help="Kernels of the random rescale: pil (IRN's PIL bicubic image, PIL nearest label) or opencv (OpenCV cubic / exact nearest, the behaviour before) [default: pil].")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per process [default: 2].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
@@ -441,14 +444,14 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone, weights, epochs, batch_size, crop, lr,
-                  max_steps, workers, device, seed, out, resume, overwrite) -> None:
+                  resize, max_steps, workers, device, seed, out, resume, overwrite) -> None:
     """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
     from wsss.pseudo.train_irn import TrainIrnConfig, train_irn
 
     cfg = load_config(TrainIrnConfig, config_path, {
         "data.kind": data_kind, "data.root": data_root, "data.split": split, "ir_labels": ir_labels,
         "backbone": backbone, "weights": weights, "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
-        "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
+        "resize": resize, "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
     }, section="train_irn")
     train_irn(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 

@@ -129,7 +129,7 @@ def _settings(cfg: MakePseudoConfig) -> dict:
     return settings
 
 
-MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0, "class_names": None}
+MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0, "class_names": None, "irn": {"resize": "opencv"}}
 """What a mask folder's manifest written before ``mask_format`` / ``irn_pad`` existed means
 (palette PNGs; boundary maps without padding)."""
 
@@ -184,6 +184,10 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     settings = _settings(cfg)
     if cfg.mask_format not in ("palette", "index"):
         raise ConfigError(f"mask_format must be 'palette' or 'index', got '{cfg.mask_format}'")
+    if cfg.refine == "irn" and cfg.irn_dir is None:
+        from wsss.cls.transforms import check_resize_kernel
+
+        check_resize_kernel(cfg.irn.resize)
     check_output_settings(out, settings, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     ds = build_dataset(cfg.data)
     check_provenance(cfg.cam_dir, ds.class_names, "CAMs")
