@@ -61,6 +61,8 @@ def test_rerun_skips_complete_steps_and_reruns_what_a_change_affects(tmp_path, c
     assert states == {"toy": "ran", "score": "ran", "report": "ran"}
     table = json.loads((run / "report" / "report.json").read_text())
     assert table[0]["rows"]["GT"]["mIoU"]["mIoU"] == 100.0
+    page = (run / "report" / "report.html").read_text()
+    assert "100.00 (0.0 / 0.0)" in page and "<h3>score</h3>" in page  # the table and the eval it reads
     assert run_recipe(load_recipe(_write(tmp_path), run_dir=run), progress=False) == dict.fromkeys(
         ["toy", "score", "report"], "skipped")
     changed = RECIPE.replace("workers: 1}\n  - name: report", "workers: 2}\n  - name: report")

@@ -574,6 +574,20 @@ def prepare_cityscapes_cmd(root: Path, workers: int) -> None:
     click.echo(prepare_cityscapes(root, workers=workers, progress=sys.stderr.isatty()).line)
 
 
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", default=None, help="HTML file to write [default: RUN_DIR/report.html].")
+@click.option("--title", default=None, help="Page title [default: the folder's name].")
+@click.option("--link-images", is_flag=True, help="Link the PNGs instead of embedding them (a smaller file that only works beside the run folder).")
+def report_cmd(run_dir: Path, out, title, link_images) -> None:
+    """One self-contained report.html for a run folder: tables, every eval (per-class IoU / FP / FN
+    bars, threshold curves) and the figures, embedded."""
+    from wsss.report import write_html_report
+
+    path = write_html_report(run_dir, out, title=title, embed=not link_images)
+    click.echo(f"report: {path}")
+
+
 def _run_recipe_cli(recipe_path: Path, out: str | None, variables: tuple[str, ...], only: str | None) -> None:
     from wsss.engine import dist
     from wsss.pipeline import layout, load_recipe, run_recipe

@@ -130,6 +130,9 @@ def _report(settings: dict, out: Path, progress: bool) -> None:
     md = "\n\n".join(_markdown(t) for t in tables) + "\n"
     write_text(out / "report.md", md)
     write_json(out / "report.json", tables)
+    from wsss.report import write_html_report
+
+    write_html_report(out.parent, out / "report.html")
     print(md)
 
 
@@ -393,6 +396,13 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None 
             if not (out / "done.json").is_file():
                 write_json(out / "done.json", {"stage": step.stage})
             print(f"[{step.name}] done in {time.time() - t0:.0f} s")
+    if main and any(s.stage == "report" for s in recipe.steps):
+        # refreshed after the last step, so figures made after the report step are on the page too
+        from wsss.report import write_html_report
+
+        report_dir = next(recipe.run_dir / s.name for s in recipe.steps if s.stage == "report")
+        if report_dir.is_dir():
+            write_html_report(recipe.run_dir, report_dir / "report.html", title=recipe.description or None)
     return states
 
 
