@@ -145,7 +145,9 @@ def test_train_seg_resume_gives_the_same_weights(toy_root, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         train_seg(_cfg(toy_root, tmp_path / "b", **kw), progress=False)
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)
-    train_seg(_cfg(toy_root, tmp_path / "b", **kw), resume=True, progress=False)
+    # TensorBoard is not a training setting: the resumed run may switch it on
+    train_seg(_cfg(toy_root, tmp_path / "b", tensorboard=True, **kw), resume=True, progress=False)
+    assert any((tmp_path / "b" / "tensorboard").iterdir())
     wa = load_file(str(tmp_path / "a" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "model.safetensors"))
     for k in wa:
@@ -153,6 +155,27 @@ def test_train_seg_resume_gives_the_same_weights(toy_root, tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="configuration changed \\(lr\\)"):
         (tmp_path / "b" / "done.json").unlink()
         train_seg(_cfg(toy_root, tmp_path / "b", lr=0.5, **kw), resume=True, progress=False)
+
+
+def test_tensorboard_events_mirror_the_metrics(toy_root, tmp_path):
+    """--tensorboard: every logged loss term, the lr and the epoch record land in TensorBoard with
+    the values of metrics.jsonl; the val predictions come as an image, which stays out of
+    metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = train_seg(_cfg(toy_root, tmp_path / "tb", head="fcn", tensorboard=True, log_every=1), progress=False)
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [l for l in lines if "loss" in l]
+    assert [e.step for e in acc.Scalars("train/loss")] == [l["step"] for l in steps]
+    np.testing.assert_allclose([e.value for e in acc.Scalars("train/loss")], [l["loss"] for l in steps], rtol=1e-6)
+    np.testing.assert_allclose([e.value for e in acc.Scalars("lr/0")], [l["lr"] for l in steps], rtol=1e-6)
+    epoch = [l for l in lines if "val_mIoU" in l][-1]
+    assert acc.Scalars("epoch/val_mIoU")[-1].value == pytest.approx(epoch["val_mIoU"], rel=1e-6)
+    (img,) = acc.Images("val/predictions")
+    assert (img.height, img.width) == (4 * 128, 3 * 128)  # the first 4 val images: image | prediction | truth
+    assert not any(isinstance(v, list) for l in lines for v in l.values())  # no image in the jsonl
 
 
 DDP_SCRIPT = r"""

@@ -179,6 +179,7 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
 
 
 @main.command("pretrain")
+@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
 @click.option("--model", default=None, help="Backbone to pretrain, e.g. resnet_tiny or conformer_tiny [default: resnet_tiny].")
 @click.option("--out", default=None, help="Output folder [default: runs/pretrain].")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs over the corpus [default: 20].")
@@ -199,7 +200,7 @@ def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
 @click.option("--export-builtin", "export_name", default=None, help="When done, ship the backbone inside the package as builtin:NAME (writes wsss/pretrained/).")
 @click.option("--list", "list_only", is_flag=True, help="List the built-in weights and how each was made, then exit.")
 def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, size, corpus_seed, cache, max_steps, workers,
-                 device, seed, resume, overwrite, export_name, list_only) -> None:
+                 device, seed, resume, overwrite, export_name, list_only, tensorboard) -> None:
     """Pretrain a backbone on the synthetic 102-class corpus: the built-in stand-in for ImageNet weights.
 
     The result loads wherever a weights file does (--pretrained, --irn-weights); shipped ones as builtin:NAME.
@@ -218,7 +219,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
     cfg = load_config(PretrainConfig, None, {
         "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr, "num_train": num_train,
         "num_val": num_val, "crop": crop, "size": size, "corpus_seed": corpus_seed, "cache": cache, "max_steps": max_steps,
-        "workers": workers, "device": device, "seed": seed,
+        "workers": workers, "device": device, "seed": seed, "tensorboard": tensorboard,
     }, section="pretrain")
     out_dir = pretrain(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
     if export_name:
@@ -241,6 +242,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 
 
 @main.command("train-cls")
+@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override it.")
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
@@ -269,7 +271,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_split, model, pretrained, strict_load, detach_branches,
-                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, resize, optimizer, drop_path, resume, overwrite) -> None:
+                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, resize, optimizer, drop_path, resume, overwrite, tensorboard) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
@@ -282,6 +284,7 @@ def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_sp
         "partial_pool": partial_pool, "region_masks": region_masks,
         "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
         "device": device, "seed": seed, "resize_long": _int_pair(resize_long, "--resize-long"), "resize": resize, "optimizer": optimizer, "drop_path": drop_path, "out": out,
+        "tensorboard": tensorboard,
     }, section="train_cls")
     train_cls(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
@@ -424,6 +427,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 
 
 @main.command("train-irn")
+@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its train_irn section.")
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
@@ -444,7 +448,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone, weights, epochs, batch_size, crop, lr,
-                  resize, max_steps, workers, device, seed, out, resume, overwrite) -> None:
+                  resize, max_steps, workers, device, seed, out, resume, overwrite, tensorboard) -> None:
     """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
     from wsss.pseudo.train_irn import TrainIrnConfig, train_irn
 
@@ -452,11 +456,13 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
         "data.kind": data_kind, "data.root": data_root, "data.split": split, "ir_labels": ir_labels,
         "backbone": backbone, "weights": weights, "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
         "resize": resize, "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
+        "tensorboard": tensorboard,
     }, section="train_irn")
     train_irn(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
 
 @main.command("train-seg")
+@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override its train_seg section.")
 @click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
@@ -481,7 +487,7 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks, val_split, head, backbone, pretrained, iterations,
-                  batch_size, crop, lr, workers, device, seed, out, channels, base_size, val_every, resume, overwrite) -> None:
+                  batch_size, crop, lr, workers, device, seed, out, channels, base_size, val_every, resume, overwrite, tensorboard) -> None:
     """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-seg ... (SyncBatchNorm, same results as one process).
@@ -493,6 +499,7 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
         "val_split": val_split, "head": head, "backbone": backbone, "pretrained": pretrained,
         "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "workers": workers,
         "device": device, "seed": seed, "channels": channels, "base_size": base_size, "val_every": val_every, "out": out,
+        "tensorboard": tensorboard,
     }, section="train_seg")
     train_seg(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 

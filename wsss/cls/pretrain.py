@@ -81,6 +81,9 @@ class PretrainConfig:
     max_steps: int | None = None
     save_every: int = 0
     log_every: int = 20
+    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
+    # training setting: a resumed run may switch it.
+    tensorboard: bool = False
 
 
 # -- the corpus on disk ------------------------------------------------------------------------
@@ -254,7 +257,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     settings = LoopSettings(
         name="pretrain", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
         max_steps=cfg.max_steps, workers=cfg.workers, amp=cfg.amp, save_every=cfg.save_every,
-        log_every=cfg.log_every,
+        log_every=cfg.log_every, tensorboard=cfg.tensorboard,
     )
     last = train_loop(
         model=model, optimizer=optimizer, train_set=CorpusTrainSet(train_images, train_labels, cfg), config=cfg,

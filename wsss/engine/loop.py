@@ -112,6 +112,7 @@ class LoopSettings:
     batch_size: the global batch, split evenly over processes.
     implied: what a setting meant in runs whose checkpoint was written before it existed
     (``{"resize": "opencv"}``); ``--resume`` compares the run's recorded value as that.
+    tensorboard: also write TensorBoard events to ``out/tensorboard`` (:class:`TensorBoardLog`).
     """
 
     name: str
@@ -128,10 +129,11 @@ class LoopSettings:
     grad_clip: float | None = None
     weights_name: str = ckpt.WEIGHTS_NAME
     implied: Mapping[str, Any] = field(default_factory=dict)
+    tensorboard: bool = False
 
 
 # Settings that cannot change what is trained: a resumed run may use other values.
-RUNTIME_ONLY = ("workers",)
+RUNTIME_ONLY = ("workers", "tensorboard")
 
 
 def _settings(config: Any) -> dict[str, Any]:
@@ -245,6 +247,37 @@ def require_finished(folder: Path, stage: str, continue_hint: str) -> None:
         )
 
 
+class TensorBoardLog:
+    """TensorBoard events beside ``metrics.jsonl`` (which stays the source of truth), in
+    ``out/tensorboard``: every logged loss term as ``train/<name>``, the learning rate of each
+    parameter group as ``lr/<i>``, each epoch's record as ``epoch/<name>`` (validation figures
+    included) and the images ``evaluate`` returns (HWC uint8 arrays) as ``val/<name>``. A resumed
+    run drops the events written after its checkpoint's step (``purge_step``), so curves do not
+    fold back on themselves. Needs the ``tensorboard`` package (``pip install 'wsss[tensorboard]'``).
+    """
+
+    def __init__(self, out: Path, step: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # torch's writer imports the tensorboard package
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'wsss[tensorboard]' "
+                              f"(or pip install tensorboard) ({e})") from None
+        self.writer = SummaryWriter(log_dir=str(Path(out) / "tensorboard"), purge_step=step or None)
+
+    def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def images(self, values: Mapping[str, Any], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_image(f"val/{k}", v, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
 def train_loop(
     *,
     model: nn.Module,
@@ -340,6 +373,7 @@ def train_loop(
         ckpt.save_weights(model, out / s.weights_name)
 
     last_record: dict[str, Any] = {}
+    board = TensorBoardLog(out, step) if s.tensorboard and main_proc else None
     bar = tqdm(total=total_steps, initial=step, desc=s.name, disable=not progress, unit="step")
     log = ProgressLog(s.name, total_steps, step, enabled=None if main_proc and not progress else False)
     t0 = time.time()
@@ -382,6 +416,9 @@ def train_loop(
             if main_proc and s.log_every and step % s.log_every == 0:
                 append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, **logged,
                                                      "lr": optimizer.param_groups[0]["lr"]})
+                if board is not None:
+                    board.scalars("train", logged, step)
+                    board.scalars("lr", {str(i): g["lr"] for i, g in enumerate(optimizer.param_groups)}, step)
             if s.save_every and step % s.save_every == 0:
                 save(step)
             if step >= total_steps:
@@ -390,13 +427,21 @@ def train_loop(
             record = {"epoch": epoch, "step": step, "train_loss": running / max(1, count),
                       "time_s": round(time.time() - t0, 1)}
             if evaluate is not None:
-                record.update({f"val_{k}": v for k, v in evaluate(epoch, step >= total_steps).items()})
+                figures = evaluate(epoch, step >= total_steps)
+                images = {k: v for k, v in figures.items() if isinstance(v, np.ndarray)}
+                record.update({f"val_{k}": v for k, v in figures.items() if k not in images})
+                if board is not None:
+                    board.images(images, step)
             save(step)
             last_record = record
             if main_proc:
                 append_jsonl(out / "metrics.jsonl", record)
+                if board is not None:
+                    board.scalars("epoch", record, step)
                 tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     bar.close()
+    if board is not None:
+        board.close()
     if main_proc:
         final = {"steps": step, "weights": str(out / s.weights_name)}
         final.update({k: v for k, v in last_record.items() if k.startswith("val_")})

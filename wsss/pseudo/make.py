@@ -125,7 +125,7 @@ def _settings(cfg: MakePseudoConfig) -> dict:
         for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad"):
             settings.pop(k)
     else:
-        settings["irn"] = {k: v for k, v in settings["irn"].items() if k != "workers"}
+        settings["irn"] = {k: v for k, v in settings["irn"].items() if k not in ("workers", "tensorboard")}
     return settings
 
 

@@ -90,6 +90,9 @@ class TrainIrnConfig:
     max_steps: int | None = None
     save_every: int = 0
     log_every: int = 20
+    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
+    # training setting: a resumed run may switch it.
+    tensorboard: bool = False
 
 
 CONFIG_IMPLIED = {"resize": "opencv"}
@@ -202,7 +205,7 @@ def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True, 
     settings = LoopSettings(
         name="train-irn", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
         max_steps=cfg.max_steps, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
-        save_every=cfg.save_every, log_every=cfg.log_every, weights_name=WEIGHTS_NAME, implied=CONFIG_IMPLIED,
+        save_every=cfg.save_every, log_every=cfg.log_every, tensorboard=cfg.tensorboard, weights_name=WEIGHTS_NAME, implied=CONFIG_IMPLIED,
     )
     last = train_loop(
         model=model, optimizer=optimizer, train_set=IrnTrainSet(train_ds, cfg), config=cfg, settings=settings,

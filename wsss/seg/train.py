@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -89,6 +90,9 @@ class TrainSegConfig:
     out: str = "runs/seg"
     save_every: int = 0
     log_every: int = 20
+    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
+    # training setting: a resumed run may switch it.
+    tensorboard: bool = False
     val_every: int = 1
 
 
@@ -134,6 +138,31 @@ def _check_masks(ds: SegDataset, what: str) -> None:
             f"{len(missing)} of {len(ds)} {what} images have no mask (first: {', '.join(missing[:3])}). "
             "Point data.masks at the make-pseudo output (--masks), or make pseudo masks for this split first."
         )
+
+
+def val_grid(model: nn.Module, ds: SegDataset, *, base_size: int, num: int = 4, tile: int = 128) -> np.ndarray:
+    """TensorBoard's picture of the first ``num`` val images: one row each of image | prediction |
+    ground truth (VOC colours), ``tile`` pixels square; (rows * tile, 3 * tile, 3) uint8."""
+    import cv2
+
+    from wsss.seg.predict import segment
+    from wsss.viz import colorize_mask
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for image_id in ds.ids[:num]:
+            sample = ds.load(image_id)
+            pred = segment(model, sample.image, base_size=base_size).argmax(0).cpu().numpy().astype(np.uint8)
+            tiles = [sample.image, colorize_mask(pred)]
+            if sample.mask is not None:
+                tiles.append(colorize_mask(sample.mask))
+            tiles = [cv2.resize(np.ascontiguousarray(t), (tile, tile), interpolation=cv2.INTER_NEAREST) for t in tiles]
+            tiles += [np.full((tile, tile, 3), 255, np.uint8)] * (3 - len(tiles))
+            rows.append(np.concatenate(tiles, axis=1))
+    model.train(was_training)
+    return np.concatenate(rows, axis=0)
 
 
 def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
@@ -191,12 +220,15 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
         warning = collapse_warning(metrics.confusion, val_ds.class_names, "val pixels predicted")
         if warning and dist.is_main():
             tqdm.write(f"train-seg epoch {epoch}: {warning}")
-        return {"mIoU": 100 * metrics.miou, "FP": 100 * metrics.mean_fp, "FN": 100 * metrics.mean_fn}
+        figures = {"mIoU": 100 * metrics.miou, "FP": 100 * metrics.mean_fp, "FN": 100 * metrics.mean_fn}
+        if cfg.tensorboard and dist.is_main():
+            figures["predictions"] = val_grid(model, val_ds, base_size=cfg.base_size)
+        return figures
 
     settings = LoopSettings(
         name=f"train-seg {cfg.head}", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=epochs,
         max_steps=cfg.iterations, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
-        save_every=cfg.save_every, log_every=cfg.log_every,
+        save_every=cfg.save_every, log_every=cfg.log_every, tensorboard=cfg.tensorboard,
     )
     if not resume:
         check_fresh_output(out, "train-seg", overwrite)
