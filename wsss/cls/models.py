@@ -120,7 +120,9 @@ class ConformerClassifier(nn.Module):
             def key_map(key: str) -> str | None:
                 return None if dropped and key.startswith(dropped) else key
 
-            load_weights(self.net, pretrained, strict=strict_load, key_map=key_map if dropped else None)
+            load_weights(self.net, pretrained, strict=strict_load, key_map=key_map if dropped else None,
+                         left_out_reason=f"those of {dropped[:-1]}, the last block, which AD-CAM drops so that "
+                                         "the CNN map is at stride 16 like the tokens" if dropped else None)
         self.num_classes = num_classes
         self.stride = self.net.cnn_stride
 

@@ -176,6 +176,7 @@ def load_weights(
     *,
     strict: bool = True,
     key_map: KeyMap | None = None,
+    left_out_reason: str | None = None,
     drop_mismatched_heads: bool = True,
     head_prefixes: Sequence[str] = HEAD_PREFIXES,
     log: Callable[[str], object] = print,
@@ -192,6 +193,8 @@ def load_weights(
         key_map: renames each checkpoint key to the model's name (``None``
             leaves the key out). By default the map of the detected layout
             (:func:`detect_format`, :data:`KEY_MAPS`) is used.
+        left_out_reason: what the keys ``key_map`` leaves out are, for the message (instead of
+            listing them).
         drop_mismatched_heads: checkpoint keys under ``head_prefixes`` that the
             model cannot take (a different shape, e.g. a 1000-way ImageNet
             classifier, or no such key) are dropped with a message; the model's
@@ -224,7 +227,10 @@ def load_weights(
             state[new_key] = tensor
     if mapped_out:
         report.dropped.extend(mapped_out)
-        log(f"left out {len(mapped_out)} checkpoint keys the {fmt} key map excludes: {_preview(mapped_out)}")
+        if left_out_reason:
+            log(f"left out {len(mapped_out)} checkpoint tensors: {left_out_reason}")
+        else:
+            log(f"left out {len(mapped_out)} checkpoint keys the {fmt} key map excludes: {_preview(mapped_out)}")
 
     target = model.state_dict()
     prefixes = tuple(head_prefixes)
