@@ -54,3 +54,18 @@ def test_help_lists_stages_and_defaults():
     assert "make-toy" in res.output and "eval" in res.output
     res = CliRunner().invoke(main, ["make-toy", "--help"])
     assert "default: 128" in res.output and "pixels" in res.output
+
+
+def test_masks_made_for_other_classes_are_refused(tmp_path):
+    """A wsss mask folder records its class list; scoring it against another one is refused in one
+    line naming both (checked where the ground truth's class list is known: --classes or a names file)."""
+    gt_dir, pred_dir = _masks(tmp_path)
+    (pred_dir / "manifest.json").write_text(json.dumps({"class_names": ["background", "car", "bus"]}))
+    res = CliRunner().invoke(main, ["eval", "--pred", str(pred_dir), "--gt", str(gt_dir),
+                                    "--classes", str(tmp_path / "names.txt")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "car, bus" in res.output and "cat, dog" in res.output
+    (pred_dir / "manifest.json").write_text(json.dumps({"class_names": ["background", "cat", "dog"]}))
+    res = CliRunner().invoke(main, ["eval", "--pred", str(pred_dir), "--gt", str(gt_dir),
+                                    "--classes", str(tmp_path / "names.txt"), "--out", str(tmp_path / "o.json")])
+    assert res.exit_code == 0, res.output

@@ -48,10 +48,15 @@ def resolve_class_names(spec: str | None, gt_dir: Path) -> list[str]:
         if not path.is_file():
             raise WsssDataError(f"class-names file not found: {path} (or pass --classes voc / coco)")
         return _read_names(path)
+    found = _names_file(gt_dir)
+    return _read_names(found) if found is not None else list(VOC_CLASSES)
+
+
+def _names_file(gt_dir: Path) -> Path | None:
     for cand in (gt_dir / "class_names.txt", gt_dir.parent / "class_names.txt", gt_dir.parent / "classes.txt"):
         if cand.is_file():
-            return _read_names(cand)
-    return list(VOC_CLASSES)
+            return cand
+    return None
 
 
 def _read_names(path: Path) -> list[str]:
@@ -67,6 +72,11 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
         if not d.is_dir():
             raise WsssDataError(f"{what} folder not found: {d}")
     class_names = resolve_class_names(cfg.classes, gt_dir)
+    if cfg.classes or _names_file(gt_dir) is not None:
+        # masks made by wsss record their class list: refuse masks made for other classes
+        from wsss.config import check_provenance
+
+        check_provenance(pred_dir, class_names, "masks")
     ids = read_id_list(Path(cfg.ids)) if cfg.ids else sorted(p.stem for p in pred_dir.glob("*.png"))
     if not ids:
         raise WsssDataError(f"no .png masks in {pred_dir}")
