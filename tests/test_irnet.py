@@ -260,7 +260,7 @@ def test_stride4_labels_sample_as_irns_pil_rescale():
 def _restated_irn_transform(image, label, seed, scale_range, crop, resize_image, resize_label):
     """irn_train_transform written out step by step with the same random draws: one rescale for
     both (``resize_*(a, (h', w'))``), flip, normalise, crop (pad 0 / 255), label at pixels 4i + 2."""
-    from wsss.cls.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from _restate import normalise_pad_crop
 
     rng = np.random.default_rng(seed)
     scale = float(rng.uniform(scale_range[0], scale_range[1]))
@@ -269,17 +269,8 @@ def _restated_irn_transform(image, label, seed, scale_range, crop, resize_image,
     image, label = resize_image(image, size), resize_label(label, size)
     if rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
-    hwc = (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
-    h, w = hwc.shape[:2]
-    ph, pw = max(crop, h), max(crop, w)
-    top, left = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
-    y0, x0 = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
-    canvas = np.zeros((ph, pw, 3), np.float32)
-    canvas[top : top + h, left : left + w] = hwc
-    lcanvas = np.full((ph, pw), 255, np.uint8)
-    lcanvas[top : top + h, left : left + w] = label
-    small = lcanvas[y0 : y0 + crop, x0 : x0 + crop][2::4, 2::4]
-    return canvas[y0 : y0 + crop, x0 : x0 + crop].transpose(2, 0, 1), small
+    chw, cropped = normalise_pad_crop(image, label, rng, crop)
+    return chw, cropped[2::4, 2::4]
 
 
 def _pil(resample):

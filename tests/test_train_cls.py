@@ -239,7 +239,7 @@ def test_conformer_groups_exempt_cls_token_and_1d_parameters_from_weight_decay()
 def _restated_cls_transform(image, mask, seed, resize_range, crop, resize_image, resize_mask):
     """cls_train_transform written out step by step with the same random draws: long-side resize
     (``resize_image(image, (h', w'))``, the mask with ``resize_mask``), flip, normalise, crop."""
-    from wsss.cls.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from _restate import normalise_pad_crop
 
     rng = np.random.default_rng(seed)
     target_long = int(rng.integers(resize_range[0], resize_range[1] + 1))
@@ -249,16 +249,7 @@ def _restated_cls_transform(image, mask, seed, resize_range, crop, resize_image,
     image, mask = resize_image(image, size), resize_mask(mask, size)
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
-    hwc = (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
-    h, w = hwc.shape[:2]
-    ph, pw = max(crop, h), max(crop, w)
-    top, left = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
-    y0, x0 = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
-    canvas = np.zeros((ph, pw, 3), np.float32)
-    canvas[top : top + h, left : left + w] = hwc
-    mcanvas = np.full((ph, pw), 255, np.uint8)
-    mcanvas[top : top + h, left : left + w] = mask
-    return canvas[y0 : y0 + crop, x0 : x0 + crop].transpose(2, 0, 1), mcanvas[y0 : y0 + crop, x0 : x0 + crop]
+    return normalise_pad_crop(image, mask, rng, crop)
 
 
 def _pil(resample):

@@ -1,0 +1,20 @@
+"""Slow, obviously-correct re-statements shared by several tests."""
+import numpy as np
+
+
+def normalise_pad_crop(image, label, rng, crop, label_fill=255):
+    """IRN's normalise then ``random_crop`` written out: ImageNet-normalise the image, pad image
+    (0) and label (``label_fill``) to at least ``crop`` at a random place, crop at a random place
+    (draws: top, left, y0, x0). Returns the (3, crop, crop) image and the (crop, crop) label."""
+    from wsss.cls.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    hwc = (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    h, w = hwc.shape[:2]
+    ph, pw = max(crop, h), max(crop, w)
+    top, left = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
+    y0, x0 = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
+    canvas = np.zeros((ph, pw, 3), np.float32)
+    canvas[top : top + h, left : left + w] = hwc
+    lcanvas = np.full((ph, pw), label_fill, np.uint8)
+    lcanvas[top : top + h, left : left + w] = label
+    return canvas[y0 : y0 + crop, x0 : x0 + crop].transpose(2, 0, 1), lcanvas[y0 : y0 + crop, x0 : x0 + crop]
