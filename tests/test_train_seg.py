@@ -1,5 +1,6 @@
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -62,6 +63,53 @@ def test_photometric_distortion_keeps_shape_and_range():
     assert any(not np.array_equal(o, image) for o in outs)
 
 
+class _Scripted:
+    """An rng that answers each call with the next scripted value (to force every branch)."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def random(self):
+        return self.values.pop(0)
+
+    uniform = integers = lambda self, *a: self.values.pop(0)
+
+
+def _mmseg_photometric(bgr, beta, contrast, contrast_first, saturation, hue):
+    """mmseg's PhotoMetricDistortion written out for given draws, on a BGR image as mmseg has it."""
+    def convert(img, alpha=1.0, b=0.0):
+        return np.clip(img.astype(np.float32) * alpha + b, 0, 255).astype(np.uint8)
+
+    img = convert(bgr, b=beta)
+    if contrast_first:
+        img = convert(img, alpha=contrast)
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=saturation)
+    img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + hue) % 180
+    img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if not contrast_first:
+        img = convert(img, alpha=contrast)
+    return img
+
+
+@pytest.mark.parametrize("contrast_first", [True, False])
+def test_photometric_distortion_is_mmsegs(contrast_first):
+    """Every step on, with given draws: equal to mmseg's steps on the BGR image, exactly; the hue
+    moves in OpenCV's 0-180 steps (+18 is 36 degrees)."""
+    image = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    beta, contrast, saturation, hue = 20.7, 1.3, 0.6, 17
+    draws = [0.1, beta, 0.1 if contrast_first else 0.9, 0.1, contrast, 0.1, saturation, 0.1, hue]
+    got = photometric_distortion(image, _Scripted(draws))
+    ref = _mmseg_photometric(image[..., ::-1].copy(), beta, contrast, contrast_first, saturation, hue)[..., ::-1]
+    np.testing.assert_array_equal(got, ref)
+    red = np.zeros((1, 1, 3), np.uint8)
+    red[..., 0] = 255
+    only_hue = photometric_distortion(red, _Scripted([0.9, 0.9, 0.9, 0.9, 0.1, 18]))
+    assert cv2.cvtColor(only_hue, cv2.COLOR_RGB2HSV)[0, 0, 0] == 18
+
+
 class _PointwiseNet(torch.nn.Module):
     """A 1x1-conv 'segmenter': sliding-window inference must equal whole-image inference exactly."""
 
@@ -80,6 +128,48 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_model():
     whole = torch.softmax(net(x)["out"], 1)
     for crop, stride in [(16, 11), (20, 20), (64, 40)]:
         torch.testing.assert_close(slide_probs(net, x, crop, stride), whole, rtol=1e-6, atol=1e-6)
+
+
+def _mmseg_slide(net, x, crop, stride):
+    """mmseg's slide_inference written out: its grid formula, logits summed and counted, softmax."""
+    _, _, h, w = x.shape
+    hg = max(h - crop + stride - 1, 0) // stride + 1
+    wg = max(w - crop + stride - 1, 0) // stride + 1
+    preds, count = None, torch.zeros(1, 1, h, w)
+    for i in range(hg):
+        for j in range(wg):
+            y1, x1 = i * stride, j * stride
+            y2, x2 = min(y1 + crop, h), min(x1 + crop, w)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            out = net(x[:, :, y1:y2, x1:x2])["out"]
+            preds = torch.zeros(1, out.shape[1], h, w) if preds is None else preds
+            preds[:, :, y1:y2, x1:x2] += out
+            count[:, :, y1:y2, x1:x2] += 1
+    return torch.softmax(preds / count, 1)
+
+
+def test_sliding_window_averages_logits_as_mmseg():
+    """A net that sees context (3x3 convs): windows differ from the whole image, and the result is
+    mmseg's: logits averaged, then softmax; an image smaller than the crop is one smaller window."""
+    torch.manual_seed(0)
+
+    class Context(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 4, 3, padding=1))
+
+        def forward(self, x):
+            return {"out": 3 * self.conv(x)}
+
+    net = Context().eval()
+    x = torch.randn(1, 3, 37, 53)
+    with torch.no_grad():
+        for crop, stride in [(16, 11), (20, 20), (64, 40), (40, 13)]:
+            torch.testing.assert_close(slide_probs(net, x, crop, stride), _mmseg_slide(net, x, crop, stride),
+                                       rtol=1e-5, atol=1e-6)
+        whole = torch.softmax(net(x)["out"], 1)
+        assert (slide_probs(net, x, 16, 11) - whole).abs().max() > 1e-3  # the windows did matter
 
 
 def test_flip_and_scales_average_probabilities():

@@ -3,8 +3,8 @@
 Inference modes (as mmseg's test pipelines):
 
 * ``whole``: the image at each scale, whole, in one forward pass;
-* ``slide``: windows of ``crop`` pixels every ``stride`` pixels (the image padded
-  to at least one window), logits averaged where windows overlap.
+* ``slide``: windows of ``crop`` pixels every ``stride`` pixels (a side shorter than
+  ``crop`` is one window of its length), logits averaged where windows overlap.
 
 At each scale of ``scales`` (multiplying the resize to ``base_size`` of
 training, so ``1.0`` is what the model saw on average) and, with ``flip``, on
@@ -99,27 +99,28 @@ def _forward_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def slide_probs(model: torch.nn.Module, x: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
-    """Sliding-window softmax, (1, 3, H, W) -> (1, K, H, W): windows of ``crop``
-    every ``stride`` pixels, the last one flush with the border, averaged where
-    they overlap (the image is padded to at least one window)."""
+    """Sliding-window inference as mmseg's ``slide_inference`` (and PCAA's ``predict_sliding``):
+    (1, 3, H, W) -> (1, K, H, W) softmax of the logits averaged over windows of ``crop`` every
+    ``stride`` pixels, the last one flush with the border. A side shorter than ``crop`` is one
+    window of its own length, not padded (mmseg runs the smaller crop). Before this matched mmseg,
+    the windows' probabilities were averaged and small images were zero-padded to one window."""
     _, _, h, w = x.shape
-    ph, pw = max(h, crop), max(w, crop)
-    x = F.pad(x, (0, pw - w, 0, ph - h))
-    ys = list(range(0, ph - crop + 1, stride))
-    xs = list(range(0, pw - crop + 1, stride))
-    if ys[-1] != ph - crop:
-        ys.append(ph - crop)
-    if xs[-1] != pw - crop:
-        xs.append(pw - crop)
-    total, count = None, torch.zeros(1, 1, ph, pw, device=x.device)
+    ch, cw = min(crop, h), min(crop, w)
+    ys = list(range(0, h - ch + 1, stride))
+    xs = list(range(0, w - cw + 1, stride))
+    if ys[-1] != h - ch:
+        ys.append(h - ch)
+    if xs[-1] != w - cw:
+        xs.append(w - cw)
+    total, count = None, torch.zeros(1, 1, h, w, device=x.device)
     for y0 in ys:
         for x0 in xs:
-            p = _forward_probs(model, x[:, :, y0 : y0 + crop, x0 : x0 + crop])
+            logits = model(x[:, :, y0 : y0 + ch, x0 : x0 + cw])["out"].float()
             if total is None:
-                total = torch.zeros(1, p.shape[1], ph, pw, device=x.device)
-            total[:, :, y0 : y0 + crop, x0 : x0 + crop] += p
-            count[:, :, y0 : y0 + crop, x0 : x0 + crop] += 1
-    return (total / count)[:, :, :h, :w]
+                total = torch.zeros(1, logits.shape[1], h, w, device=x.device)
+            total[:, :, y0 : y0 + ch, x0 : x0 + cw] += logits
+            count[:, :, y0 : y0 + ch, x0 : x0 + cw] += 1
+    return torch.softmax(total / count, dim=1)
 
 
 @torch.no_grad()

@@ -18,31 +18,39 @@ from wsss.cls.transforms import normalize
 from wsss.io import IGNORE_INDEX
 
 
+def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """mmseg's ``PhotoMetricDistortion.convert``: ``img * alpha + beta``, clipped, back to uint8."""
+    return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
 def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """mmseg's ``PhotoMetricDistortion``, each step with probability 0.5: brightness
-    +-32, contrast x[0.5, 1.5] (before or after the colour steps), saturation
-    x[0.5, 1.5], hue +-18 degrees. (H, W, 3) uint8 RGB in and out."""
-    img = image.astype(np.float32)
+    """mmseg's ``PhotoMetricDistortion`` (also PCAA's ``base_dataset.py``), each step with
+    probability 0.5: brightness +-32, contrast x[0.5, 1.5] (before or after the colour steps),
+    saturation x[0.5, 1.5], hue +-18 steps of OpenCV's 8-bit hue (0-180, so +-36 degrees). As
+    there, every step clips and rounds down to uint8, and saturation and hue each convert to HSV
+    and back on their own. (H, W, 3) uint8 RGB in and out (OpenCV's RGB<->HSV on RGB is its
+    BGR<->HSV on BGR). Before this matched mmseg, hue moved +-18 degrees (half the range) and the
+    image stayed in float between the brightness and contrast steps."""
+    img = np.asarray(image, np.uint8)
     if rng.random() < 0.5:
-        img += rng.uniform(-32, 32)
+        img = _convert(img, beta=rng.uniform(-32, 32))
     contrast_first = rng.random() < 0.5
     contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
     if contrast is not None and contrast_first:
-        img *= contrast
-    img = np.clip(img, 0, 255)
+        img = _convert(img, alpha=contrast)
     saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    hue = rng.integers(-18, 19) if rng.random() < 0.5 else None
-    if saturation is not None or hue is not None:
-        hsv = cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-        if saturation is not None:
-            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-        if hue is not None:
-            # OpenCV keeps 8-bit hue in [0, 180): a degree is half a step
-            hsv[..., 0] = (hsv[..., 0] + hue / 2) % 180
-        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    hue = int(rng.integers(-18, 19)) if rng.random() < 0.5 else None
+    if saturation is not None:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 1] = _convert(hsv[..., 1], alpha=saturation)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if hue is not None:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + hue) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     if contrast is not None and not contrast_first:
-        img *= contrast
-    return np.clip(img, 0, 255).astype(np.uint8)
+        img = _convert(img, alpha=contrast)
+    return img
 
 
 def _crop_box(label: np.ndarray, crop: int, rng: np.random.Generator, cat_max_ratio: float) -> tuple[int, int]:
