@@ -18,3 +18,16 @@ def normalise_pad_crop(image, label, rng, crop, label_fill=255):
     lcanvas = np.full((ph, pw), label_fill, np.uint8)
     lcanvas[top : top + h, left : left + w] = label
     return canvas[y0 : y0 + crop, x0 : x0 + crop].transpose(2, 0, 1), lcanvas[y0 : y0 + crop, x0 : x0 + crop]
+
+
+def pil_resizer(resample):
+    """IRN's ``imutils.pil_resize`` with one PIL kernel: ``resize(a, (h, w))``, the input itself
+    when it already has that size."""
+    from PIL import Image
+
+    def resize(a, size):
+        if size == a.shape[:2]:
+            return a
+        return np.asarray(Image.fromarray(a).resize(size[::-1], resample))
+
+    return resize

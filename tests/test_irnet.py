@@ -274,14 +274,9 @@ def _restated_irn_transform(image, label, seed, scale_range, crop, resize_image,
 
 
 def _pil(resample):
-    from PIL import Image
+    from _restate import pil_resizer
 
-    def resize(a, size):  # IRN's imutils.pil_resize
-        if size == a.shape[:2]:
-            return a
-        return np.asarray(Image.fromarray(a).resize(size[::-1], resample))
-
-    return resize
+    return pil_resizer(resample)
 
 
 def _irn_image_and_label():

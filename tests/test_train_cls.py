@@ -253,14 +253,9 @@ def _restated_cls_transform(image, mask, seed, resize_range, crop, resize_image,
 
 
 def _pil(resample):
-    from PIL import Image
+    from _restate import pil_resizer
 
-    def resize(a, size):  # IRN's imutils.pil_resize
-        if size == a.shape[:2]:
-            return a
-        return np.asarray(Image.fromarray(a).resize(size[::-1], resample))
-
-    return resize
+    return pil_resizer(resample)
 
 
 def _cv2(interp):
