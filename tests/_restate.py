@@ -31,3 +31,19 @@ def pil_resizer(resample):
         return np.asarray(Image.fromarray(a).resize(size[::-1], resample))
 
     return resize
+
+
+def stop_at_step(monkeypatch, optimizer_cls, n):
+    """Make the ``n``-th ``optimizer_cls.step`` call raise KeyboardInterrupt (a run killed there);
+    returns the real ``step`` so the test can put it back."""
+    real_step = optimizer_cls.step
+    calls = {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(optimizer_cls, "step", flaky_step)
+    return real_step

@@ -357,16 +357,9 @@ def test_train_irn_resume_gives_the_same_weights(toy_root, ir_labels, tmp_path, 
     assert json.loads((out_a / "done.json").read_text())["steps"] == 7
 
     cfg_b = _cfg(toy_root, ir_labels, tmp_path / "b")
-    real_step = torch.optim.SGD.step
-    calls = {"n": 0}
+    from _restate import stop_at_step
 
-    def flaky_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # killed after the step-3 checkpoint, mid-epoch
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.SGD, "step", flaky_step)
+    real_step = stop_at_step(monkeypatch, torch.optim.SGD, 5)  # killed after the step-3 checkpoint, mid-epoch
     with pytest.raises(KeyboardInterrupt):
         _train(cfg_b)
     assert not (tmp_path / "b" / "done.json").exists()

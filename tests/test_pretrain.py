@@ -146,39 +146,26 @@ def test_each_builtin_loads_strictly_wherever_a_weights_file_does(name):
         assert torch.equal(seg.backbone.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
 
 
-def test_fine_tuning_from_the_builtin_resnet_learns_more_than_from_scratch(toy_root, tmp_path):
-    """Same few steps, same data and seed: the classifier started from builtin:resnet_tiny (IRN's
-    recipe: stem, layer1-2 and BatchNorm frozen) fits the toy labels better than one from scratch."""
-    if "resnet_tiny" not in builtin.list_builtin():
-        pytest.skip("no builtin:resnet_tiny shipped")
+# ResNet: IRN's recipe (stem, layer1-2 and BatchNorm frozen). Conformer: AD-CAM's classifier, both
+# branches, heads re-initialised, gradients between the branches cut.
+_FINE_TUNE = {"resnet_tiny": dict(head_lr_mult=1.0, weight_decay=1e-4), "conformer_tiny": dict(lr_transformer=1e-3)}
+
+
+@pytest.mark.parametrize("model", sorted(_FINE_TUNE))
+def test_fine_tuning_from_the_builtin_learns_more_than_from_scratch(model, toy_root, tmp_path):
+    """Same few steps, same data and seed: the classifier started from builtin:MODEL fits the toy
+    labels better than the same net from scratch."""
+    if model not in builtin.list_builtin():
+        pytest.skip(f"no builtin:{model} shipped")
     from wsss.cls.train import TrainClsConfig, train_cls
     from wsss.data import DataConfig
 
     mAP = {}
-    for name, pretrained in (("scratch", None), ("builtin", "builtin:resnet_tiny")):
-        cfg = TrainClsConfig(data=DataConfig(kind="voc", root=str(toy_root)), val_split="train", model="resnet_tiny",
+    for name, pretrained in (("scratch", None), ("builtin", f"builtin:{model}")):
+        cfg = TrainClsConfig(data=DataConfig(kind="voc", root=str(toy_root)), val_split="train", model=model,
                              pretrained=pretrained, epochs=4, batch_size=8, crop=64, resize_long=(56, 72),
-                             optimizer="adamw", lr=2e-3, head_lr_mult=1.0, weight_decay=1e-4, workers=0,
-                             device="cpu", out=str(tmp_path / name), log_every=0)
-        out = train_cls(cfg, progress=False)
-        mAP[name] = json.loads((out / "done.json").read_text())["val_mAP"]
-    assert mAP["builtin"] > mAP["scratch"] + 5, mAP
-
-
-def test_fine_tuning_from_the_builtin_conformer_learns_more_than_from_scratch(toy_root, tmp_path):
-    """The same for AD-CAM's classifier: Conformer started from builtin:conformer_tiny (both branches,
-    heads re-initialised, gradients between the branches cut) against the same net from scratch."""
-    if "conformer_tiny" not in builtin.list_builtin():
-        pytest.skip("no builtin:conformer_tiny shipped")
-    from wsss.cls.train import TrainClsConfig, train_cls
-    from wsss.data import DataConfig
-
-    mAP = {}
-    for name, pretrained in (("scratch", None), ("builtin", "builtin:conformer_tiny")):
-        cfg = TrainClsConfig(data=DataConfig(kind="voc", root=str(toy_root)), val_split="train", model="conformer_tiny",
-                             pretrained=pretrained, epochs=4, batch_size=8, crop=64, resize_long=(56, 72),
-                             optimizer="adamw", lr=2e-3, lr_transformer=1e-3, workers=0, device="cpu",
-                             out=str(tmp_path / name), log_every=0)
+                             optimizer="adamw", lr=2e-3, workers=0, device="cpu", out=str(tmp_path / name),
+                             log_every=0, **_FINE_TUNE[model])
         out = train_cls(cfg, progress=False)
         mAP[name] = json.loads((out / "done.json").read_text())["val_mAP"]
     assert mAP["builtin"] > mAP["scratch"] + 5, mAP

@@ -73,16 +73,9 @@ def test_resume_gives_the_same_weights(toy_root, tmp_path, monkeypatch):
     train_cls(cfg_a, progress=False)
 
     cfg_b = _cfg(toy_root, tmp_path / "b", max_steps=7, save_every=3, val_split=None)
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
+    from _restate import stop_at_step
 
-    def flaky_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # killed after the step-3 checkpoint, mid-epoch
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", flaky_step)
+    real_step = stop_at_step(monkeypatch, torch.optim.AdamW, 5)  # killed after the step-3 checkpoint, mid-epoch
     with pytest.raises(KeyboardInterrupt):
         train_cls(cfg_b, progress=False)
     assert not (tmp_path / "b" / "done.json").exists()
@@ -341,16 +334,9 @@ def test_a_run_recorded_before_resize_existed_resumes_with_opencv(toy_root, tmp_
     kw = dict(model="resnet_tiny", max_steps=3, save_every=1, val_split=None, epochs=1)
     train_cls(_cfg(toy_root, tmp_path / "a", resize="opencv", **kw), progress=False)
 
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
+    from _restate import stop_at_step
 
-    def flaky_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:  # killed after the step-1 checkpoint
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", flaky_step)
+    real_step = stop_at_step(monkeypatch, torch.optim.AdamW, 2)  # killed after the step-1 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_cls(_cfg(toy_root, tmp_path / "b", resize="opencv", **kw), progress=False)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)

@@ -222,16 +222,9 @@ def test_train_seg_on_pseudo_masks_folder(toy_root, tmp_path):
 def test_train_seg_resume_gives_the_same_weights(toy_root, tmp_path, monkeypatch):
     kw = dict(iterations=5, save_every=2, val_split=None, head="acf")
     train_seg(_cfg(toy_root, tmp_path / "a", **kw), progress=False)
-    real_step = torch.optim.SGD.step
-    calls = {"n": 0}
+    from _restate import stop_at_step
 
-    def flaky_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # killed after the step-2 checkpoint
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.SGD, "step", flaky_step)
+    real_step = stop_at_step(monkeypatch, torch.optim.SGD, 4)  # killed after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_seg(_cfg(toy_root, tmp_path / "b", **kw), progress=False)
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)

@@ -130,9 +130,6 @@ def _report(settings: dict, out: Path, progress: bool) -> None:
     md = "\n\n".join(_markdown(t) for t in tables) + "\n"
     write_text(out / "report.md", md)
     write_json(out / "report.json", tables)
-    from wsss.report import write_html_report
-
-    write_html_report(out.parent, out / "report.html")
     print(md)
 
 
@@ -397,7 +394,8 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None 
                 write_json(out / "done.json", {"stage": step.stage})
             print(f"[{step.name}] done in {time.time() - t0:.0f} s")
     if main and any(s.stage == "report" for s in recipe.steps):
-        # refreshed after the last step, so figures made after the report step are on the page too
+        # report.html is written once the last step is done, so that figures made after the report
+        # step are on the page too
         from wsss.report import write_html_report
 
         report_dir = next(recipe.run_dir / s.name for s in recipe.steps if s.stage == "report")

@@ -84,7 +84,7 @@ def collect_run(run_dir: str | Path) -> dict[str, Any]:
         name = _label(p, root) + ("" if p.name == "eval.json" else f" ({p.name})")
         evals.append({"name": name, "kind": "eval-cam" if "curve" in data else "eval", "data": data})
     figures = _walk(root, {"figure.png"})
-    plots = [p for p in _walk(root, {"eval.png", "eval_cam.png"})]
+    plots = _walk(root, {"eval.png", "eval_cam.png"})
     return {"root": str(root), "tables": tables, "evals": evals, "figures": figures, "plots": plots}
 
 

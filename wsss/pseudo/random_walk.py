@@ -246,13 +246,10 @@ def propagate(cams: torch.Tensor, boundary: torch.Tensor, *, beta: float = 10, e
               radius: int = 5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """IRN's ``propagate_to_edge``: walk ``cams * (1 - boundary)`` on the boundary's affinities.
 
-    cams (K, h, w) stride-4 foreground CAMs, boundary (h, w) -> rw (K, h, w).
+    cams (K, h, w) stride-4 foreground CAMs, boundary (h, w) -> rw (K, h, w), computed on the
+    CAMs' device. One image of :func:`propagate_batch`.
     """
-    if boundary.dim() == 3:
-        boundary = boundary[0]
-    aff = boundary_to_affinity(boundary.to(dtype), radius)
-    x = cams.to(dtype) * (1 - boundary.to(device=cams.device, dtype=dtype))
-    return random_walk(x, aff, beta=beta, exp_times=exp_times, radius=radius, dtype=dtype)
+    return propagate_batch([cams], [boundary], beta=beta, exp_times=exp_times, radius=radius, dtype=dtype)[0]
 
 
 def propagate_batch(cams: Sequence[torch.Tensor], boundaries: Sequence[torch.Tensor], *, beta: float = 10,
