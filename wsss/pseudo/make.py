@@ -266,8 +266,8 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
         write_mask(out / f"{image_id}.png", mask, index=cfg.mask_format == "index")
 
     # Images of one size are walked WALK_BATCH at a time: the same values as one by one
-    # (propagate_batch), about 1.6x faster for 128 px images on CPU, whose walk is dominated by the
-    # per-step cost of ~17k small operations.
+    # (propagate_batch), 1.4-1.7x faster for 128 px images on CPU (benchmarks/bench_walk_batch.py),
+    # whose walk is dominated by the per-step cost of ~17k small operations.
     pending: dict[tuple[int, int], list] = {}
 
     def flush(key) -> None:
