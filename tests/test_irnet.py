@@ -473,3 +473,22 @@ def test_train_irn_run_recorded_before_resize_existed_resumes_with_opencv(toy_ro
     with pytest.raises(ConfigError, match="configuration changed \\(resize\\)"):
         _train(_cfg(toy_root, ir_labels, tmp_path / "new", max_steps=1, save_every=1, epochs=1, resize="opencv"),
                resume=True)
+
+
+def test_backbone_lr_trains_the_backbone_convolutions_only(toy_root, ir_labels, tmp_path):
+    """``backbone_lr > 0`` (not IRN, which freezes the backbone): the backbone's convolutions learn,
+    its BatchNorms keep their weights and statistics, and the finished run loads with them."""
+    out = _train(_cfg(toy_root, ir_labels, tmp_path / "bb", backbone_lr=0.05, max_steps=3, save_every=0))
+    trained = load_file(str(out / "boundary.safetensors"))
+    init = _tiny_net(seed=0).state_dict()
+    convs = [k for k in init if k.startswith("backbone.") and init[k].dim() == 4]
+    norms = [k for k in init if k.startswith("backbone.") and init[k].dim() <= 1]
+    assert convs and norms
+    assert all(not torch.equal(init[k], trained[k]) for k in convs)
+    for k in norms:  # BatchNorm weight, bias, running mean / var, batch count
+        assert torch.equal(init[k], trained[k]), k
+    net = load_boundary_net(out)
+    for k in convs:
+        torch.testing.assert_close(net.state_dict()[k], trained[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="backbone_lr must be >= 0"):
+        _train(_cfg(toy_root, ir_labels, tmp_path / "neg", backbone_lr=-1.0))

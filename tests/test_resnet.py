@@ -75,6 +75,32 @@ def test_os8_dilations_and_padding(contract, layer3, layer4):
             assert module.padding == module.dilation
 
 
+@pytest.mark.parametrize("contract", [True, False])
+def test_multi_grid_multiplies_layer4_dilation_per_block(contract):
+    """mmseg's multi_grid: layer4 block i dilated ``4 * grid[i]``, no contraction; layer3 as before."""
+    model = build_resnet("resnet_tiny", **SEG_OS8, contract_dilation=contract, multi_grid=(1, 2))
+    assert conv3x3_settings(model, "layer4") == [(1, 4, 4), (1, 8, 8)]
+    assert conv3x3_settings(model, "layer3") == [(1, d, d) for d in ([1, 2] if contract else [2, 2])]
+    with pytest.raises(ValueError, match="one multiplier >= 1 per layer4 block \\(2\\)"):
+        build_resnet("resnet_tiny", **SEG_OS8, multi_grid=(1, 2, 4))
+
+
+def test_train_seg_passes_its_dilation_settings_to_the_backbone(tmp_path):
+    from wsss.config import load_config
+    from wsss.seg.train import TrainSegConfig, build_from_config
+
+    path = tmp_path / "seg.yaml"
+    path.write_text("train_seg:\n  backbone: resnet_tiny\n  channels: 8\n  contract_dilation: false\n"
+                    "  multi_grid: [2, 3]\n")
+    cfg = load_config(TrainSegConfig, path, section="train_seg")
+    assert cfg.multi_grid == (2, 3) and cfg.contract_dilation is False
+    model = build_from_config(cfg, 5)
+    assert conv3x3_settings(model.backbone, "layer3") == [(1, 2, 2), (1, 2, 2)]
+    assert conv3x3_settings(model.backbone, "layer4") == [(1, 8, 8), (1, 12, 12)]
+    default = build_from_config(TrainSegConfig(backbone="resnet_tiny", channels=8), 5)
+    assert conv3x3_settings(default.backbone, "layer4") == [(1, 2, 2), (1, 4, 4)]  # mmseg's contracted -d8
+
+
 def test_os8_equals_timm_output_stride_8():
     """timm's own output_stride=8 dilation schedule is mmseg's contracted (1, 1, 2, 4)."""
     kwargs = dict(

@@ -106,6 +106,25 @@ class TestPCAAStacked(TestPCAA):
         assert [tuple(p.shape) for p in out["patch_logits"]] == [(2, K, 4, 4), (2, K, 8, 8)]
 
 
+    def test_official_code_loss_options(self):
+        """focal_reduction="mean" averages the stacked modules' focal terms (PCAA's code; Eq. 10 sums
+        them) and patch_label_min_frac is the patch-label threshold (the code's 0.01; Eq. 4's 0)."""
+        paper = self.make()
+        code = build_segmenter("pcaa", "resnet_tiny", K, focal_reduction="mean", patch_label_min_frac=0.01,
+                               **self.KWARGS)
+        x, target = batch(*SIZES[1])
+        target[1, 20:21, 20:22] = (target[1, 20, 20] + 1) % K  # 2 px: under 1% of its patch, positive for Eq. 4 only
+        out = paper(x)
+        focal = [sigmoid_focal_loss(p, patch_labels(target, K, p.shape[-1], stride=8)) for p in out["patch_logits"]]
+        assert torch.allclose(paper.loss(out, target)["focal"], sum(focal))
+        focal_code = [sigmoid_focal_loss(p, patch_labels(target, K, p.shape[-1], stride=8, threshold=0.01))
+                      for p in out["patch_logits"]]
+        assert torch.allclose(code.loss(out, target)["focal"], sum(focal_code) / len(focal_code))
+        assert not torch.equal(patch_labels(target, K, 4, stride=8), patch_labels(target, K, 4, stride=8, threshold=0.01))
+        with pytest.raises(ValueError, match="focal_reduction"):
+            build_segmenter("pcaa", "resnet_tiny", K, focal_reduction="avg", **self.KWARGS)
+
+
 class TestACF(HeadContract):
     HEAD = "acf"
     KWARGS = {"channels": 16}

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from wsss.config import ConfigError, data_options, load_config, shell_command
+from wsss.data import DATA_KINDS
 from wsss.io import WsssDataError
 from wsss.models.weights import WeightsMismatchError
 
@@ -79,6 +80,15 @@ def _int_pair(text: str | None, option: str) -> list[int] | None:
     except ValueError:
         raise click.BadParameter(f"'{text}' is not MIN,MAX (two whole numbers)", param_hint=option)
     return [lo, hi]
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of whole numbers", param_hint=option)
 
 
 class WsssGroup(click.Group):
@@ -152,21 +162,26 @@ def make_toy_cmd(out: Path, size: int, num_train: int, num_val: int, seed: int, 
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML file with eval settings; options below override it.")
 @click.option("--pred", type=click.Path(file_okay=False), default=None, help="Folder of predicted masks (<id>.png).")
 @click.option("--gt", type=click.Path(file_okay=False), default=None, help="Folder of ground-truth masks (<id>.png).")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Instead of --gt: score against this dataset's own ground truth, read and mapped by its reader (e.g. Cityscapes labelIds) [default: voc].")
+@click.option("--data-root", default=None, help="Instead of --gt: the dataset folder.")
+@click.option("--split", default=None, help="With --data-root: the split scored, every image of it [default: val].")
 @click.option("--ids", type=click.Path(dir_okay=False), default=None, help="Image-list file to score [default: every PNG in --pred].")
 @click.option("--classes", default=None, help="'voc', 'coco' or a class-names file [default: class_names.txt beside --gt, else VOC].")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON with every figure [default: <pred>/eval.json].")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Threads decoding PNGs [default: 4].")
-def eval_cmd(config_path, pred, gt, ids, classes, out, workers) -> None:
+def eval_cmd(config_path, pred, gt, data_kind, data_root, split, ids, classes, out, workers) -> None:
     """Score masks: per-class IoU, FP, FN (percent) and mIoU, as papers report them."""
     from wsss.evaluate import EvalConfig, evaluate_folders
 
     cfg = load_config(
         EvalConfig, config_path,
-        {"pred": pred, "gt": gt, "ids": ids, "classes": classes, "out": out, "workers": workers},
+        {"pred": pred, "gt": gt, "ids": ids, "classes": classes, "out": out, "workers": workers,
+         "data.kind": data_kind, "data.root": data_root, "data.split": split or ("val" if data_root else None)},
         section="eval",
     )
-    if not cfg.pred or not cfg.gt:
-        raise click.UsageError("both --pred and --gt are needed (or set eval.pred / eval.gt in --config)")
+    if not cfg.pred or not (cfg.gt or cfg.data.root):
+        raise click.UsageError("--pred and either --gt or --data-root are needed (or set eval.pred and eval.gt / "
+                               "eval.data in --config)")
     metrics = evaluate_folders(cfg, progress=sys.stderr.isatty())
     click.echo(metrics.table())
     click.echo(f"mIoU {100 * metrics.miou:.2f}  FP {100 * metrics.mean_fp:.2f}  FN {100 * metrics.mean_fn:.2f}")
@@ -244,7 +259,7 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
 @main.command("train-cls")
 @click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override it.")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Folder datasets without splits/: write a seeded train/val split with this fraction for val [default: none, --split must name a split or be all].")
 @click.option("--split", default=None, help="Training split [default: train].")
@@ -293,7 +308,7 @@ def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_sp
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its extract_cam section.")
 @click.option("--cls-dir", default=None, help="train-cls output folder (config.yaml + model.safetensors).")
 @click.option("--method", type=click.Choice(["cam", "partial", "adcam", "attn-diffusion", "tscam"]), default=None, help="How class maps are made [default: cam].")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
 @click.option("--split", default=None, help="Images to process [default: train].")
 @click.option("--scales", default=None, help="Comma-separated image scales [default: 1.0,0.5,1.5,2.0].")
@@ -328,7 +343,7 @@ def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, s
 @main.command("eval-cam")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its eval_cam section.")
 @click.option("--cam-dir", default=None, help="Folder of CAM files (.npz, or IRN's .npy).")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder (ground-truth masks).")
 @click.option("--split", default=None, help="Split to score [default: train].")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Fixed background threshold also reported (IRN reports seeds at it) [default: 0.15].")
@@ -351,7 +366,7 @@ def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, threshold, o
 
 
 @main.command("visualize")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default="voc", help="Dataset layout.")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default="voc", help="Dataset layout.")
 @click.option("--data-root", required=True, help="Dataset folder.")
 @click.option("--split", default="train", help="Split the ids come from.")
 @click.option("--ids", default=None, help="Comma-separated image ids [default: the split's first --num].")
@@ -386,7 +401,7 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its make_pseudo section.")
 @click.option("--cam-dir", default=None, help="Folder of CAM files (.npz from extract-cam, or IRN's .npy).")
 @click.option("--refine", type=click.Choice(["none", "crf", "ir-label", "irn"]), default=None, help="none: threshold; crf: dense CRF; ir-label: IRNet's training labels; irn: IR labels + IRNet + random walk [default: irn].")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder (the images, for the CRF).")
 @click.option("--split", default=None, help="Images to process [default: train].")
 @click.option("--threshold", type=float, default=None, help="Background threshold of the seed, in [0, 1] [default: 0.25].")
@@ -398,6 +413,7 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--irn-epochs", type=click.IntRange(1), default=None, help="irn: IRNet training epochs [default: 3].")
 @click.option("--irn-batch-size", type=click.IntRange(1), default=None, help="irn: IRNet global batch, images [default: 32].")
 @click.option("--irn-crop", type=click.IntRange(16), default=None, help="irn: IRNet training crop side, pixels [default: 512].")
+@click.option("--irn-backbone-lr", type=click.FloatRange(0), default=None, help="irn: also train IRNet's backbone convolutions at this learning rate (not IRN); 0 = frozen, IRN's [default: 0].")
 @click.option("--beta", type=float, default=None, help="irn: power of the affinities in the walk (Eq. 9) [default: 10].")
 @click.option("--exp-times", type=click.IntRange(0), default=None, help="irn: the walk takes 2^exp_times steps [default: 8].")
 @click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
@@ -409,7 +425,7 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
 def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
-                    irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, beta, exp_times, save_scores, device,
+                    irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, irn_backbone_lr, beta, exp_times, save_scores, device,
                     workers, irn_resize, irn_pad, mask_format, out, overwrite) -> None:
     """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
@@ -419,6 +435,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
         "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "irn_pad": irn_pad, "mask_format": mask_format, "out": out,
         "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
         "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop, "irn.resize": irn_resize,
+        "irn.backbone_lr": irn_backbone_lr,
         "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,
     }, section="make_pseudo")
     result = make_pseudo(cfg, progress=sys.stderr.isatty())
@@ -429,7 +446,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @main.command("train-irn")
 @click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its train_irn section.")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
 @click.option("--split", default=None, help="Training split [default: train].")
 @click.option("--ir-labels", default=None, help="IR-label folder (wsss make-pseudo --refine ir-label) [default: runs/ir_label].")
@@ -439,6 +456,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 32].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
 @click.option("--lr", type=float, default=None, help="Learning rate, poly decay [default: 0.1].")
+@click.option("--backbone-lr", type=click.FloatRange(0), default=None, help="Also train the backbone's convolutions at this learning rate (not IRN: for backbones whose features do not tell object edges from texture edges); 0 = frozen, IRN's [default: 0].")
 @click.option("--resize", type=click.Choice(["pil", "opencv"]), default=None, help="Kernels of the random rescale: pil (IRN's PIL bicubic image, PIL nearest label) or opencv (OpenCV cubic / exact nearest, the behaviour before) [default: pil].")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per process [default: 2].")
@@ -448,14 +466,14 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone, weights, epochs, batch_size, crop, lr,
-                  resize, max_steps, workers, device, seed, out, resume, overwrite, tensorboard) -> None:
+                  backbone_lr, resize, max_steps, workers, device, seed, out, resume, overwrite, tensorboard) -> None:
     """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
     from wsss.pseudo.train_irn import TrainIrnConfig, train_irn
 
     cfg = load_config(TrainIrnConfig, config_path, {
         "data.kind": data_kind, "data.root": data_root, "data.split": split, "ir_labels": ir_labels,
         "backbone": backbone, "weights": weights, "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
-        "resize": resize, "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
+        "backbone_lr": backbone_lr, "resize": resize, "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
         "tensorboard": tensorboard,
     }, section="train_irn")
     train_irn(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
@@ -464,7 +482,7 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @main.command("train-seg")
 @click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override its train_seg section.")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Folder datasets without splits/: write a seeded train/val split with this fraction for val [default: none, --split must name a split or be all].")
 @click.option("--split", default=None, help="Training split [default: train].")
@@ -473,6 +491,10 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--head", type=click.Choice(["pcaa", "acf", "psa", "fcn", "deeplabv2"]), default=None, help="Segmentation head [default: pcaa].")
 @click.option("--backbone", default=None, help="resnet50_v1c|resnet101_v1c|resnet50|resnet101|resnet_tiny, dilated to stride 8 [default: resnet101_v1c].")
 @click.option("--pretrained", default=None, help="Local ImageNet weights of the backbone, or builtin:NAME [default: none, from scratch].")
+@click.option("--contract-dilation/--no-contract-dilation", default=None, help="Halve the first layer3 / layer4 block's dilation (mmseg's -d8 configs); the PCAA repository and semseg do not [default: contract].")
+@click.option("--multi-grid", default=None, help="layer4's per-block dilation multipliers, e.g. 1,2,4 (PCAA's ADE20K: dilations 4 / 8 / 16) [default: none].")
+@click.option("--patch-label-min-frac", type=click.FloatRange(0, 1, max_open=True), default=None, help="pcaa: a class is positive in a patch where it covers more than this fraction of it (PCAA's code: 0.01; Eq. 4: 0) [default: 0].")
+@click.option("--focal-reduction", type=click.Choice(["sum", "mean"]), default=None, help="pcaa: stacked modules' focal terms summed (Eq. 10) or averaged (PCAA's code) [default: sum].")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Optimiser steps [default: 20000].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
@@ -486,7 +508,8 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--out", default=None, help="Output folder [default: runs/seg].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
-def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks, val_split, head, backbone, pretrained, iterations,
+def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks, val_split, head, backbone, pretrained,
+                  contract_dilation, multi_grid, patch_label_min_frac, focal_reduction, iterations,
                   batch_size, crop, lr, workers, device, seed, out, channels, base_size, val_every, resume, overwrite, tensorboard) -> None:
     """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
 
@@ -497,6 +520,8 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
     cfg = load_config(TrainSegConfig, config_path, {
         "data.kind": data_kind, "data.val_fraction": val_fraction, "data.root": data_root, "data.split": split, "data.masks": masks,
         "val_split": val_split, "head": head, "backbone": backbone, "pretrained": pretrained,
+        "contract_dilation": contract_dilation, "multi_grid": _int_list(multi_grid, "--multi-grid"),
+        "patch_label_min_frac": patch_label_min_frac, "focal_reduction": focal_reduction,
         "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "workers": workers,
         "device": device, "seed": seed, "channels": channels, "base_size": base_size, "val_every": val_every, "out": out,
         "tensorboard": tensorboard,
@@ -507,7 +532,7 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
 @main.command("predict")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its predict section.")
 @click.option("--seg-dir", default=None, help="train-seg output folder (config.yaml + model.safetensors).")
-@click.option("--data-kind", type=click.Choice(["voc", "coco", "folder"]), default=None, help="Dataset layout [default: voc].")
+@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
 @click.option("--data-root", default=None, help="Dataset folder.")
 @click.option("--split", default=None, help="Images to segment [default: train].")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), default=None, help="Whole image or sliding window [default: whole].")

@@ -9,12 +9,14 @@ the images it claims to.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from wsss.data import DataConfig, build_dataset
 from wsss.data.base import read_id_list
 from wsss.data.coco import COCO_CLASSES
 from wsss.data.voc import VOC_CLASSES
@@ -28,10 +30,15 @@ class EvalConfig:
     ids: optional image-list file. classes: ``voc``, ``coco``, a class-names
     file, or empty to look for ``class_names.txt`` beside/above ``gt`` and
     fall back to VOC's 21 classes. out: JSON path (default ``<pred>/eval.json``).
-    workers: threads decoding PNGs."""
+    workers: threads decoding PNGs.
+    data: score against a dataset's own ground truth instead of a ``gt`` folder (``data.root``
+    set): its reader finds and maps the masks (Cityscapes ``*_gtFine_labelIds.png`` to train
+    ids, ADE20K / Pascal Context ``reduce_zero_label``, COCO category ids) and gives the class
+    list; the scored ids are then the split's (every image must have a prediction)."""
 
     pred: str = ""
     gt: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
     ids: str | None = None
     classes: str | None = None
     out: str | None = None
@@ -67,21 +74,43 @@ def _read_names(path: Path) -> list[str]:
 
 
 def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
-    pred_dir, gt_dir = Path(cfg.pred), Path(cfg.gt)
-    for d, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
-        if not d.is_dir():
-            raise WsssDataError(f"{what} folder not found: {d}")
-    class_names = resolve_class_names(cfg.classes, gt_dir)
-    if cfg.classes or _names_file(gt_dir) is not None:
-        # masks made by wsss record their class list: refuse masks made for other classes
-        from wsss.config import check_provenance
+    pred_dir = Path(cfg.pred)
+    if not pred_dir.is_dir():
+        raise WsssDataError(f"prediction folder not found: {pred_dir}")
+    from wsss.config import check_provenance
 
+    gt_path: Callable[[str], Path | None]
+    if cfg.data.root:
+        if cfg.gt:
+            raise WsssDataError("give either a ground-truth folder (gt) or a dataset (data.root), not both")
+        if cfg.data.masks:
+            raise WsssDataError("data.masks would replace the dataset's ground truth: leave it unset to score against it")
+        ds = build_dataset(cfg.data)
+        class_names = ds.class_names
+        gt_dir = ds.root
         check_provenance(pred_dir, class_names, "masks")
-    ids = read_id_list(Path(cfg.ids)) if cfg.ids else sorted(p.stem for p in pred_dir.glob("*.png"))
+        ids = read_id_list(Path(cfg.ids)) if cfg.ids else ds.ids
+        gt_path = ds.mask_path
+        read_gt = ds.read_checked_mask
+    else:
+        gt_dir = Path(cfg.gt)
+        if not gt_dir.is_dir():
+            raise WsssDataError(f"ground-truth folder not found: {gt_dir}")
+        class_names = resolve_class_names(cfg.classes, gt_dir)
+        if cfg.classes or _names_file(gt_dir) is not None:
+            # masks made by wsss record their class list: refuse masks made for other classes
+            check_provenance(pred_dir, class_names, "masks")
+        ids = read_id_list(Path(cfg.ids)) if cfg.ids else sorted(p.stem for p in pred_dir.glob("*.png"))
+
+        def gt_path(image_id: str) -> Path | None:
+            p = gt_dir / f"{image_id}.png"
+            return p if p.is_file() else None
+
+        read_gt = read_mask
     if not ids:
         raise WsssDataError(f"no .png masks in {pred_dir}")
     missing_pred = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
-    missing_gt = [i for i in ids if not (gt_dir / f"{i}.png").is_file()]
+    missing_gt = [i for i in ids if gt_path(i) is None]
     if missing_pred or missing_gt:
         parts = []
         if missing_pred:
@@ -94,7 +123,7 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
     cm = ConfusionMatrix(k)
 
     def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        gt = read_mask(gt_dir / f"{image_id}.png")
+        gt = read_gt(gt_path(image_id))
         pred = read_mask(pred_dir / f"{image_id}.png")
         if gt.shape != pred.shape:
             raise WsssDataError(f"'{image_id}': prediction is {pred.shape[::-1]} but ground truth is {gt.shape[::-1]}")

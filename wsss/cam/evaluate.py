@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from wsss.cam.extract import load_cam
 from wsss.config import check_provenance
-from wsss.data import DataConfig, build_dataset
+from wsss.data import DataConfig, build_dataset, require_background
 from wsss.io import WsssDataError, atomic_write, write_json
 from wsss.metrics import SweepResult, ThresholdSweep
 
@@ -39,6 +39,7 @@ class EvalCamConfig:
 
 def evaluate_cams(cfg: EvalCamConfig, progress: bool = True) -> SweepResult:
     ds = build_dataset(cfg.data)
+    require_background(ds, "eval-cam")
     check_provenance(cfg.cam_dir, ds.class_names, "CAMs")
     if not ds.has_masks():
         raise WsssDataError(f"split '{ds.split}' of {ds.root} has no ground-truth masks to score seeds against")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from wsss.cls.models import load_trained_classifier
 from wsss.cls.transforms import normalize, resize_to, scaled_size
 from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
-from wsss.data import DataConfig, build_dataset
+from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.io import WsssDataError, atomic_write, write_json
 
@@ -343,6 +343,7 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.out)
     ds = build_dataset(cfg.data)
+    require_background(ds, "extract-cam")
     manifest = {**_manifest(cfg), "class_names": list(ds.class_names)}
     check_output_settings(out, manifest, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
     model, _ = load_trained_classifier(cfg.cls_dir, device)

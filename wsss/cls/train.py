@@ -27,7 +27,7 @@ from wsss.cls.metrics import multilabel_metrics
 from wsss.cls.models import build_classifier
 from wsss.cls.transforms import check_resize_kernel, cls_train_transform, normalize
 from wsss.config import ConfigError
-from wsss.data import DataConfig, build_dataset
+from wsss.data import DataConfig, build_dataset, require_background
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
@@ -186,6 +186,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True, 
     cfg = resumed_config(cfg, out, resume, CONFIG_IMPLIED, "train-cls")
     device = dist.init_distributed(cfg.device)
     train_ds = build_dataset(cfg.data)
+    require_background(train_ds, "train-cls")
     val_ds = build_dataset(cfg.data, split=cfg.val_split) if cfg.val_split else None
     # every image needs a label: find a missing one now, not in the middle of an epoch
     for ds in (train_ds, val_ds) if val_ds is not None else (train_ds,):

@@ -1,4 +1,5 @@
-"""Datasets: PASCAL VOC 2012 (+SBD), MS COCO 2014, a plain folder, and the synthetic set.
+"""Datasets: PASCAL VOC 2012 (+SBD), MS COCO 2014, a plain folder, the synthetic set, and the
+fully supervised scene-parsing sets Cityscapes, ADE20K and Pascal Context (59).
 
 ``build_dataset(DataConfig(...))`` is the one entry point the stages use.
 """
@@ -6,14 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsss.data.base import Sample, SegDataset, read_id_list
+from wsss.data.base import Sample, SegDataset, read_id_list, require_background
 from wsss.data.coco import COCO_CLASSES, COCODataset
 from wsss.data.folder import FolderDataset
+from wsss.data.scenes import ADE20KDataset, CityscapesDataset, PascalContextDataset
 from wsss.data.labels import LabelTable, load_cls_labels, read_named_labels, save_cls_labels
 from wsss.data.voc import VOC_CLASSES, VOCDataset
 from wsss.io import WsssDataError
 
-DATASETS = {"voc": VOCDataset, "coco": COCODataset, "folder": FolderDataset}
+DATASETS = {"voc": VOCDataset, "coco": COCODataset, "folder": FolderDataset, "cityscapes": CityscapesDataset,
+            "ade20k": ADE20KDataset, "pascal_context": PascalContextDataset}
+DATA_KINDS = tuple(DATASETS)
 
 
 @dataclass
@@ -21,7 +25,8 @@ class DataConfig:
     """Which images a stage reads.
 
     kind: ``voc`` (also the synthetic set, which is written as a VOC tree),
-    ``coco`` or ``folder``. root: the dataset folder. split: split name
+    ``coco`` or ``folder``; for train-seg, predict and eval also ``cityscapes``, ``ade20k`` and
+    ``pascal_context`` (:mod:`wsss.data.scenes`). root: the dataset folder. split: split name
     (``train``, ``train_aug``, ``val``...). labels: image-level label file
     overriding the dataset's own (``cls_labels.npy``, or CSV/JSON for folder).
     masks: mask folder overriding the ground truth (pseudo masks for
@@ -54,7 +59,7 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> SegDataset:
 
 
 __all__ = [
-    "COCO_CLASSES", "COCODataset", "DataConfig", "FolderDataset", "LabelTable", "Sample", "SegDataset",
+    "ADE20KDataset", "COCO_CLASSES", "COCODataset", "CityscapesDataset", "DATA_KINDS", "DATASETS", "DataConfig", "FolderDataset", "LabelTable", "PascalContextDataset", "Sample", "SegDataset",
     "VOC_CLASSES", "VOCDataset", "WsssDataError", "build_dataset", "load_cls_labels", "read_id_list",
-    "read_named_labels", "save_cls_labels",
+    "read_named_labels", "require_background", "save_cls_labels",
 ]

@@ -1,10 +1,16 @@
-"""The dataset contract every reader (VOC, COCO, folder, synthetic) follows.
+"""The dataset contract every reader (VOC, COCO, folder, synthetic, Cityscapes, ADE20K,
+Pascal Context) follows.
 
 A dataset is a list of string ids plus three lookups: image path, mask path
-(optional) and image-level label. ``class_names[0]`` is always ``background``;
-mask value ``c`` is class ``class_names[c]``; 255 is ignore. Image-level labels
-are multi-hot over the *foreground* classes only (length ``num_fg``), as IRN's
-``cls_labels.npy`` stores them, so label index ``k`` is mask value ``k + 1``.
+(optional) and image-level label. Mask value ``c`` is class ``class_names[c]``; 255 is ignore.
+
+The weakly supervised datasets (``background = True``: VOC, COCO, folder, synthetic) have
+``class_names[0] == "background"``, and their image-level labels are multi-hot over the
+*foreground* classes only (length ``num_fg``), as IRN's ``cls_labels.npy`` stores them, so label
+index ``k`` is mask value ``k + 1``. The fully supervised scene-parsing sets (``background =
+False``: Cityscapes, ADE20K, Pascal Context 59) have no background class: every class is a
+label entry (index ``k`` is mask value ``k``); they serve train-seg, predict and eval, and the
+WSSS stages refuse them (:func:`require_background`).
 """
 from __future__ import annotations
 
@@ -32,13 +38,17 @@ class SegDataset:
     """Base class: subclasses fill ``ids``, ``class_names`` and the three lookups."""
 
     name = "base"
+    # False for the fully supervised scene-parsing sets, whose classes include no background
+    background = True
 
     def __init__(self, root: str | Path, split: str, ids: Sequence[str], class_names: Sequence[str]):
         self.root = Path(root)
         self.split = split
         self.ids = [str(i) for i in ids]
         self.class_names = list(class_names)
-        if not self.class_names or self.class_names[0] != "background":
+        if not self.class_names:
+            raise WsssDataError(f"{self.name} dataset at {self.root}: empty class list")
+        if self.background and self.class_names[0] != "background":
             raise WsssDataError(
                 f"{self.name} dataset at {self.root}: the class list must start with 'background', "
                 f"got {self.class_names[:3]}"
@@ -66,8 +76,9 @@ class SegDataset:
 
     @property
     def num_fg(self) -> int:
-        """Foreground classes: the classifier's output size."""
-        return len(self.class_names) - 1
+        """Entries of an image-level label (the classifier's output size): the foreground classes,
+        or every class of a dataset without background."""
+        return len(self.class_names) - int(self.background)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,12 +113,31 @@ class SegDataset:
         """Multi-hot foreground label of the classes present in ``mask``."""
         label = np.zeros(self.num_fg, dtype=np.float32)
         present = np.unique(mask)
-        present = present[(present > 0) & (present < self.num_classes)]
-        label[present.astype(np.int64) - 1] = 1.0
+        first = int(self.background)
+        present = present[(present >= first) & (present < self.num_classes)]
+        label[present.astype(np.int64) - first] = 1.0
         return label
 
     def has_masks(self) -> bool:
         return bool(self.ids) and self.mask_path(self.ids[0]) is not None
+
+
+def require_background(ds: SegDataset, stage: str) -> None:
+    """Refuse a dataset without a background class in a weakly supervised stage (CAMs, seeds and
+    pseudo masks put background at mask value 0 and class ``k`` at ``k + 1``)."""
+    if not ds.background:
+        raise WsssDataError(
+            f"{stage} needs a dataset with a background class (voc, coco, folder); {ds.name} is a fully "
+            f"supervised scene-parsing set without one: use it with train-seg, predict and eval"
+        )
+
+
+def find_dir(root: Path, rel: str, what: str) -> Path:
+    """``root / rel``, which must be a folder: the error names it and says what belongs there."""
+    path = root / rel
+    if not path.is_dir():
+        raise WsssDataError(f"{what}: {path} not found (expected ROOT/{rel}/)")
+    return path
 
 
 def read_id_list(path: Path) -> list[str]:

@@ -29,40 +29,10 @@ import numpy as np
 from wsss.data.base import read_id_list
 from wsss.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from wsss.data.labels import irn_key, load_cls_labels
+from wsss.data.scenes import cityscapes_lut
 from wsss.data.voc import VOC_CLASSES, find_voc_root
 from wsss.engine.workers import die_with_parent
 from wsss.io import IGNORE_INDEX, WsssDataError, atomic_write, read_image_size, read_mask, write_mask, write_text
-
-# Cityscapes label id -> train id: the ``trainId`` column of cityscapesScripts'
-# ``helpers/labels.py``. The 19 evaluated classes get 0..18 (in CITYSCAPES_CLASSES order);
-# every other id (unlabeled 0, ego vehicle 1, ..., ground 6, parking 9, rail track 10,
-# guard rail 14, bridge 15, tunnel 16, polegroup 18, caravan 29, trailer 30, license plate -1)
-# is 255, ignored in training and evaluation.
-CITYSCAPES_TRAIN_IDS: dict[int, int] = {
-    7: 0,    # road
-    8: 1,    # sidewalk
-    11: 2,   # building
-    12: 3,   # wall
-    13: 4,   # fence
-    17: 5,   # pole
-    19: 6,   # traffic light
-    20: 7,   # traffic sign
-    21: 8,   # vegetation
-    22: 9,   # terrain
-    23: 10,  # sky
-    24: 11,  # person
-    25: 12,  # rider
-    26: 13,  # car
-    27: 14,  # truck
-    28: 15,  # bus
-    31: 16,  # train
-    32: 17,  # motorcycle
-    33: 18,  # bicycle
-}
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]
 
 COCO_INSTALL_HINT = "pip install 'wsss[coco]'"
 
@@ -401,14 +371,6 @@ def prepare_coco(root: str | Path, annotations: Sequence[str | Path], *, workers
 
 
 # -- Cityscapes -----------------------------------------------------------------------------------
-
-def cityscapes_lut() -> np.ndarray:
-    """``(256,)`` uint8 lookup table label id -> train id (:data:`CITYSCAPES_TRAIN_IDS`, else 255)."""
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
-        lut[label_id] = train_id
-    return lut
-
 
 def _cityscapes_one(job: tuple) -> bool:
     src, out = job

@@ -78,6 +78,9 @@ class ResNetBackbone(nn.Module):
         strides: stride of ``layer1`` .. ``layer4``, each 1 or 2 (see the module docstring).
         dilations: dilation of the 3x3 convs of ``layer1`` .. ``layer4``.
         contract_dilation: the first block of a dilated stage uses half the dilation.
+        multi_grid: per-block multipliers of ``layer4``'s dilation (one per block), mmseg's
+            ``multi_grid``: block ``i`` uses ``dilations[3] * multi_grid[i]`` and no contraction
+            (PCAA's ADE20K runs: dilation 4 with (1, 2, 4), i.e. 4 / 8 / 16).
         frozen_bn: every BatchNorm normalises with its running statistics and never
             updates them, also in ``train()`` mode (IRN's ``FixedBatchNorm``); the
             affine weights stay trainable unless their stage is frozen.
@@ -98,6 +101,7 @@ class ResNetBackbone(nn.Module):
         strides: Sequence[int] = (1, 2, 2, 2),
         dilations: Sequence[int] = (1, 1, 1, 1),
         contract_dilation: bool = True,
+        multi_grid: Sequence[int] | None = None,
         frozen_bn: bool = False,
         frozen_stages: int = -1,
     ) -> None:
@@ -113,11 +117,17 @@ class ResNetBackbone(nn.Module):
         self.maxpool = net.maxpool
         for name, stride, dilation in zip(STAGES, strides, dilations):
             stage = getattr(net, name)
-            _set_stride_and_dilation(stage, name, stride, dilation, contract_dilation)
+            grid = None
+            if name == "layer4" and multi_grid:
+                grid = tuple(int(g) for g in multi_grid)
+                if len(grid) != len(stage) or min(grid) < 1:
+                    raise ValueError(f"multi_grid needs one multiplier >= 1 per layer4 block ({len(stage)}), got {grid}")
+            _set_stride_and_dilation(stage, name, stride, dilation, contract_dilation, grid)
             self.add_module(name, stage)
 
         self.strides = strides
         self.dilations = dilations
+        self.multi_grid = tuple(multi_grid) if multi_grid else None
         self.frozen_bn = frozen_bn
         self.frozen_stages = frozen_stages
         self.out_channels: dict[str, int] = {"stem": self.bn1.num_features}
@@ -178,6 +188,7 @@ def build_resnet(
     dilations: Sequence[int] = (1, 1, 1, 1),
     deep_stem: bool | None = None,
     contract_dilation: bool = True,
+    multi_grid: Sequence[int] | None = None,
     frozen_bn: bool = False,
     frozen_stages: int = -1,
     pretrained_path: str | os.PathLike | None = None,
@@ -212,6 +223,7 @@ def build_resnet(
         strides=strides,
         dilations=dilations,
         contract_dilation=contract_dilation,
+        multi_grid=multi_grid,
         frozen_bn=frozen_bn,
         frozen_stages=frozen_stages,
     )
@@ -234,14 +246,18 @@ def _check_strides(strides: Sequence[int], dilations: Sequence[int]) -> tuple[tu
     return strides, dilations
 
 
-def _set_stride_and_dilation(stage: nn.Sequential, name: str, stride: int, dilation: int, contract: bool) -> None:
+def _set_stride_and_dilation(stage: nn.Sequential, name: str, stride: int, dilation: int, contract: bool,
+                             grid: Sequence[int] | None = None) -> None:
     for index, block in enumerate(stage):
         if not isinstance(block, Bottleneck) or not isinstance(block.aa, nn.Identity):
             raise TypeError(
                 f"{name}.{index} is a {type(block).__name__} or has anti-aliasing; only plain Bottlenecks are supported"
             )
         first = index == 0
-        block_dilation = max(1, dilation // 2) if first and contract else dilation
+        if grid is not None:
+            block_dilation = dilation * grid[index]
+        else:
+            block_dilation = max(1, dilation // 2) if first and contract else dilation
         block.conv2.stride = (stride, stride) if first else (1, 1)
         block.conv2.dilation = (block_dilation, block_dilation)
         block.conv2.padding = (block_dilation, block_dilation)

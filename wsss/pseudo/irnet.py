@@ -65,8 +65,10 @@ class BoundaryNet(nn.Module):
             random and a warning says so: IRNet never trains its backbone, so the boundaries can
             only be as good as random features allow.
         width: channels of each tap (IRN: 32); ``groups``: GroupNorm groups (IRN: 4).
+        train_backbone: also train the backbone's convolutions (its BatchNorms stay frozen). Not IRN:
+            IRN freezes the whole backbone, the default.
 
-    The backbone's parameters have ``requires_grad=False`` and it stays in eval mode in
+    By default the backbone's parameters have ``requires_grad=False`` and it stays in eval mode in
     ``train()``: only ``taps`` and ``head`` learn.
     """
 
@@ -77,6 +79,7 @@ class BoundaryNet(nn.Module):
         weights: str | None = None,
         width: int = 32,
         groups: int = 4,
+        train_backbone: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
@@ -95,7 +98,13 @@ class BoundaryNet(nn.Module):
                 f"IRNet needs tap strides {TAP_STRIDES}, the backbone has {strides}: build it with "
                 "wsss.models.resnet.CAM_OS16"
             )
+        self.train_backbone = train_backbone
         backbone.requires_grad_(False)
+        if train_backbone:
+            for name, param in backbone.named_parameters():
+                # the convolutions learn; every BatchNorm keeps its ImageNet statistics and affine
+                if param.dim() > 1:
+                    param.requires_grad_(True)
         self.backbone = backbone
         self.taps = nn.ModuleList(
             nn.Sequential(nn.Conv2d(backbone.out_channels[name], width, 1, bias=False), nn.GroupNorm(groups, width))
@@ -107,7 +116,7 @@ class BoundaryNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, 3, H, W)`` normalised images -> boundary logits ``(B, 1, ceil(H/4), ceil(W/4))``."""
         size = (math.ceil(x.shape[-2] / 4), math.ceil(x.shape[-1] / 4))
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
             features = self.backbone(x)
         maps = []
         for name, tap in zip(TAPS, self.taps):

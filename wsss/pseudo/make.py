@@ -31,7 +31,7 @@ from pathlib import Path
 
 from wsss.cam.extract import load_cam
 from wsss.config import ConfigError, check_output_settings, check_provenance, pending_ids, prepare_output, to_dict
-from wsss.data import DataConfig, build_dataset
+from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.engine.workers import die_with_parent
 from wsss.io import WsssDataError, read_image, read_image_size, write_json, write_mask
@@ -190,6 +190,7 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
         check_resize_kernel(cfg.irn.resize)
     check_output_settings(out, settings, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     ds = build_dataset(cfg.data)
+    require_background(ds, "make-pseudo")
     check_provenance(cfg.cam_dir, ds.class_names, "CAMs")
     check_cam_folder(cfg.cam_dir, ds.ids, ds.num_fg)
     settings["class_names"] = list(ds.class_names)

@@ -8,6 +8,7 @@ auxiliary head on ``layer3`` (PSPNet's deep supervision, used by all three paper
 from __future__ import annotations
 
 import difflib
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,11 @@ class Segmenter(nn.Module):
         aux_head: a head on ``layer3``, or None for no auxiliary loss.
         aux_weight: weight of the auxiliary cross entropy (0.4 in all three papers).
         ignore_index: label of void pixels, skipped by every loss.
+        patch_label_min_frac: PCAA's patch labels mark a class positive in a patch where it covers
+            more than this fraction of it (:func:`patch_labels`): 0, the default, is the paper's
+            Eq. 4 (any pixel); the official code uses 0.01.
+        focal_reduction: how the focal terms of stacked PCAA modules combine: ``sum`` (the paper's
+            Eq. 10, the default) or ``mean`` (the official code).
     """
 
     def __init__(
@@ -45,8 +51,16 @@ class Segmenter(nn.Module):
         aux_head: nn.Module | None = None,
         aux_weight: float = 0.4,
         ignore_index: int = IGNORE_INDEX,
+        patch_label_min_frac: float = 0.0,
+        focal_reduction: str = "sum",
     ) -> None:
         super().__init__()
+        if focal_reduction not in ("sum", "mean"):
+            raise ValueError(f"focal_reduction must be 'sum' (PCAA Eq. 10) or 'mean' (its code), got {focal_reduction!r}")
+        if not 0.0 <= patch_label_min_frac < 1.0:
+            raise ValueError(f"patch_label_min_frac must be in [0, 1), got {patch_label_min_frac}")
+        self.patch_label_min_frac = patch_label_min_frac
+        self.focal_reduction = focal_reduction
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -84,7 +98,7 @@ class Segmenter(nn.Module):
         coarse logits (ACFNet Eq. 4: fine 0.7, coarse 0.6, aux 0.4; plain, not
         class-balanced, cross entropy); ``focal``: PCAA's focal loss (gamma 2) on
         the sigmoid patch scores against :func:`patch_labels`, summed over the
-        stacked modules (PCAA Eq. 10: 1, 0.4, 1).
+        stacked modules (PCAA Eq. 10: 1, 0.4, 1; ``focal_reduction="mean"`` averages them).
         """
         if target.shape[-2:] != outputs["out"].shape[-2:]:
             raise ValueError(
@@ -99,13 +113,15 @@ class Segmenter(nn.Module):
             terms["coarse"] = cross_entropy(outputs["coarse"], target, self.ignore_index)
         if "focal" in weights:
             num_classes = outputs["out"].shape[1]
-            terms["focal"] = sum(
+            focal = [
                 sigmoid_focal_loss(
                     logits,
-                    patch_labels(target, num_classes, logits.shape[-1], stride=self.backbone.output_stride),
+                    patch_labels(target, num_classes, logits.shape[-1], stride=self.backbone.output_stride,
+                                 threshold=self.patch_label_min_frac),
                 )
                 for logits in outputs["patch_logits"]
-            )
+            ]
+            terms["focal"] = sum(focal) / (len(focal) if self.focal_reduction == "mean" else 1)
         terms["loss"] = sum(weights[name] * value for name, value in terms.items())
         return terms
 
@@ -126,6 +142,10 @@ def build_segmenter(
     *,
     pretrained: str | None = None,
     aux_weight: float = 0.4,
+    contract_dilation: bool = True,
+    multi_grid: Sequence[int] | None = None,
+    patch_label_min_frac: float = 0.0,
+    focal_reduction: str = "sum",
     **head_kwargs,
 ) -> Segmenter:
     """Build ``backbone`` dilated to output stride 8 (:data:`wsss.models.SEG_OS8`),
@@ -135,6 +155,9 @@ def build_segmenter(
     1024 -> 256 for ResNet-50, then the classifier).
 
     ``pretrained``: a local ImageNet checkpoint of the backbone, loaded strictly.
+    ``contract_dilation`` / ``multi_grid``: layer3 / layer4 dilation details
+    (:class:`wsss.models.resnet.ResNetBackbone`): mmseg's ``-d8`` configs halve the first block's
+    dilation (the default); the PCAA repository and semseg keep it full (``contract_dilation=False``).
     """
     if head not in HEADS:
         close = difflib.get_close_matches(head, HEADS, n=1)
@@ -142,7 +165,8 @@ def build_segmenter(
         raise ValueError(f"unknown head {head!r}.{suggestion} Known heads: {', '.join(sorted(HEADS))}")
     from wsss.models import SEG_OS8, build_backbone
 
-    net = build_backbone(backbone, **SEG_OS8, pretrained_path=pretrained)
+    net = build_backbone(backbone, **SEG_OS8, contract_dilation=contract_dilation, multi_grid=multi_grid,
+                         pretrained_path=pretrained)
     channels = net.out_channels
     return Segmenter(
         backbone=net,
@@ -155,6 +179,8 @@ def build_segmenter(
             concat_input=False,
         ),
         aux_weight=aux_weight,
+        patch_label_min_frac=patch_label_min_frac,
+        focal_reduction=focal_reduction,
     )
 
 

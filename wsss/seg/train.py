@@ -68,6 +68,16 @@ class TrainSegConfig:
     head: str = "pcaa"
     backbone: str = "resnet101_v1c"
     pretrained: str | None = None
+    # layer3 / layer4 dilations: True halves the first block's (mmseg's -d8 configs, what wsss did
+    # before this setting); the PCAA repository and semseg use False. multi_grid: layer4's per-block
+    # dilation multipliers (PCAA's ADE20K: [1, 2, 4], dilations 4 / 8 / 16); none = off.
+    contract_dilation: bool = True
+    multi_grid: tuple[int, ...] | None = None
+    # PCAA's loss: a class is positive in a patch where it covers more than this fraction of it (0:
+    # the paper's Eq. 4, any pixel; the official code: 0.01); stacked modules' focal terms "sum"
+    # (Eq. 10) or "mean" (the official code)
+    patch_label_min_frac: float = 0.0
+    focal_reduction: str = "sum"
     channels: int = 512
     pool_sizes: tuple[int, ...] = (4,)
     psa_mask_size: int = 63
@@ -108,7 +118,10 @@ def head_kwargs(cfg: TrainSegConfig) -> dict:
 
 
 def build_from_config(cfg: TrainSegConfig, num_classes: int, pretrained: str | None = None) -> Segmenter:
-    return build_segmenter(cfg.head, cfg.backbone, num_classes, pretrained=pretrained, **head_kwargs(cfg))
+    return build_segmenter(cfg.head, cfg.backbone, num_classes, pretrained=pretrained,
+                           contract_dilation=cfg.contract_dilation, multi_grid=cfg.multi_grid,
+                           patch_label_min_frac=cfg.patch_label_min_frac, focal_reduction=cfg.focal_reduction,
+                           **head_kwargs(cfg))
 
 
 class SegTrainSet(SeededTrainSet):
