@@ -11,7 +11,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -79,7 +78,7 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
         raise WsssDataError(f"prediction folder not found: {pred_dir}")
     from wsss.config import check_provenance
 
-    gt_path: Callable[[str], Path | None]
+    gt_paths: dict[str, Path | None]
     if cfg.data.root:
         if cfg.gt:
             raise WsssDataError("give either a ground-truth folder (gt) or a dataset (data.root), not both")
@@ -90,7 +89,7 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
         gt_dir = ds.root
         check_provenance(pred_dir, class_names, "masks")
         ids = read_id_list(Path(cfg.ids)) if cfg.ids else ds.ids
-        gt_path = ds.mask_path
+        gt_paths = {i: ds.mask_path(i) for i in ids}
         read_gt = ds.read_checked_mask
     else:
         gt_dir = Path(cfg.gt)
@@ -101,16 +100,13 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
             # masks made by wsss record their class list: refuse masks made for other classes
             check_provenance(pred_dir, class_names, "masks")
         ids = read_id_list(Path(cfg.ids)) if cfg.ids else sorted(p.stem for p in pred_dir.glob("*.png"))
-
-        def gt_path(image_id: str) -> Path | None:
-            p = gt_dir / f"{image_id}.png"
-            return p if p.is_file() else None
-
+        candidates = {i: gt_dir / f"{i}.png" for i in ids}
+        gt_paths = {i: p if p.is_file() else None for i, p in candidates.items()}
         read_gt = read_mask
     if not ids:
         raise WsssDataError(f"no .png masks in {pred_dir}")
     missing_pred = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
-    missing_gt = [i for i in ids if gt_path(i) is None]
+    missing_gt = [i for i in ids if gt_paths[i] is None]
     if missing_pred or missing_gt:
         parts = []
         if missing_pred:
@@ -123,7 +119,7 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
     cm = ConfusionMatrix(k)
 
     def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        gt = read_gt(gt_path(image_id))
+        gt = read_gt(gt_paths[image_id])
         pred = read_mask(pred_dir / f"{image_id}.png")
         if gt.shape != pred.shape:
             raise WsssDataError(f"'{image_id}': prediction is {pred.shape[::-1]} but ground truth is {gt.shape[::-1]}")

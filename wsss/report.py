@@ -67,7 +67,9 @@ def collect_run(run_dir: str | Path) -> dict[str, Any]:
         raise WsssDataError(f"run folder not found: {root}")
     tables: list = []
     evals: list[dict] = []
-    for p in _walk(root, {"report.json", "eval.json", "eval_cam.json"}):
+    # one walk: run folders hold mask folders of thousands of files, each listed on the way
+    found = _walk(root, {"report.json", "eval.json", "eval_cam.json", "figure.png", "eval.png", "eval_cam.png"})
+    for p in (f for f in found if f.suffix == ".json"):
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -83,8 +85,8 @@ def collect_run(run_dir: str | Path) -> dict[str, Any]:
             continue
         name = _label(p, root) + ("" if p.name == "eval.json" else f" ({p.name})")
         evals.append({"name": name, "kind": "eval-cam" if "curve" in data else "eval", "data": data})
-    figures = _walk(root, {"figure.png"})
-    plots = _walk(root, {"eval.png", "eval_cam.png"})
+    figures = [f for f in found if f.name == "figure.png"]
+    plots = [f for f in found if f.name in ("eval.png", "eval_cam.png")]
     return {"root": str(root), "tables": tables, "evals": evals, "figures": figures, "plots": plots}
 
 

@@ -40,6 +40,9 @@ class SegDataset:
     name = "base"
     # False for the fully supervised scene-parsing sets, whose classes include no background
     background = True
+    # (256,) uint8 table from the values the masks store to class indices (COCO category ids,
+    # Cityscapes label ids, ADE20K's reduce_zero_label), or None: masks hold class indices
+    mask_lut: np.ndarray | None = None
 
     def __init__(self, root: str | Path, split: str, ids: Sequence[str], class_names: Sequence[str]):
         self.root = Path(root)
@@ -97,11 +100,16 @@ class SegDataset:
         return Sample(id=image_id, image=image, label=self.label(image_id), mask=mask)
 
     def read_checked_mask(self, path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """Read a mask and check its size and class ids against this dataset."""
-        mask = read_mask(path)
+        """Read a mask, map it through :attr:`mask_lut` when the dataset has one, and check its size
+        and class ids against this dataset (a stored value beyond the classes is named as stored)."""
+        raw = read_mask(path)
+        mask = raw if self.mask_lut is None else self.mask_lut[raw]
         if shape is not None and mask.shape != tuple(shape):
             raise WsssDataError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}")
-        bad = np.unique(mask[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
+        bad = np.unique(raw[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
+        if bad.size and self.mask_lut is not None:
+            raise WsssDataError(f"annotation {path} holds value(s) {bad.tolist()} outside this {self.name} layout's "
+                                f"{self.num_classes} classes")
         if bad.size:
             raise WsssDataError(
                 f"mask {path} holds class id(s) {bad.tolist()} but the dataset has {self.num_classes} classes "

@@ -23,7 +23,7 @@ import numpy as np
 
 from wsss.data.base import SegDataset, read_id_list
 from wsss.data.labels import LabelTable
-from wsss.io import IGNORE_INDEX, WsssDataError, read_mask
+from wsss.io import IGNORE_INDEX, WsssDataError
 
 COCO_CLASSES = [
     "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -87,7 +87,7 @@ class COCODataset(SegDataset):
         self.mask_dir = Path(masks) if masks is not None else root / "mask" / year_split
         if masks is not None and not self.mask_dir.is_dir():
             raise WsssDataError(f"mask folder not found: {masks}")
-        self.category_lut = _category_lut() if category_ids else None
+        self.mask_lut = _category_lut() if category_ids else None
         if labels is None:
             for cand in ("cls_labels.npy", "cls_labels_coco.npy"):
                 if (root / cand).is_file():
@@ -101,14 +101,6 @@ class COCODataset(SegDataset):
     def mask_path(self, image_id: str) -> Path | None:
         p = self.mask_dir / f"{image_id}.png"
         return p if p.is_file() else None
-
-    def read_checked_mask(self, path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-        if self.category_lut is None:
-            return super().read_checked_mask(path, shape)
-        mask = self.category_lut[read_mask(path)]
-        if shape is not None and mask.shape != tuple(shape):
-            raise WsssDataError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}")
-        return mask
 
     def label(self, image_id: str) -> np.ndarray:
         if self.labels is not None:

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.data.base import SegDataset, find_dir, read_id_list
-from wsss.io import IGNORE_INDEX, WsssDataError, read_mask
+from wsss.io import IGNORE_INDEX, WsssDataError
 
 # Cityscapes label id -> train id: the ``trainId`` column of cityscapesScripts'
 # ``helpers/labels.py``. The 19 evaluated classes get 0..18 (in CITYSCAPES_CLASSES order);
@@ -140,7 +140,8 @@ class SceneDataset(SegDataset):
         self.user_masks = Path(masks) if masks is not None else None
         if self.user_masks is not None and not self.user_masks.is_dir():
             raise WsssDataError(f"mask folder not found: {masks}")
-        self.gt_lut = gt_lut
+        # a user's mask folder holds class indices already; the dataset's own annotations are mapped
+        self.mask_lut = gt_lut if self.user_masks is None else None
 
     def gt_mask_path(self, image_id: str) -> Path | None:
         raise NotImplementedError
@@ -150,19 +151,6 @@ class SceneDataset(SegDataset):
             p = self.user_masks / f"{image_id}.png"
             return p if p.is_file() else None
         return self.gt_mask_path(image_id)
-
-    def read_checked_mask(self, path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-        if self.user_masks is not None or self.gt_lut is None:
-            return super().read_checked_mask(path, shape)
-        raw = read_mask(path)
-        mask = self.gt_lut[raw]
-        if shape is not None and mask.shape != tuple(shape):
-            raise WsssDataError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}")
-        bad = np.unique(raw[(mask >= self.num_classes) & (mask != IGNORE_INDEX)])
-        if bad.size:
-            raise WsssDataError(f"annotation {path} holds value(s) {bad.tolist()} outside this {self.name} layout's "
-                                f"{self.num_classes} classes")
-        return mask
 
     def label(self, image_id: str) -> np.ndarray:
         """The classes in the image's mask; all zeros where it has none (Cityscapes test): the stages

@@ -75,8 +75,10 @@ def save_resume(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_resume(path: str | Path) -> dict[str, Any]:
+def load_resume(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The state :func:`save_resume` wrote. ``mmap``: map the tensors instead of reading them (for a
+    look at the plain entries, ``config`` or ``step``, without loading a large checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

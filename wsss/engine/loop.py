@@ -154,7 +154,7 @@ def resumed_config(config: Any, out: Path, resume: bool, implied: Mapping[str, A
     path = Path(out) / ckpt.RESUME_NAME
     if not resume or not implied or not path.is_file() or (Path(out) / "done.json").is_file():
         return config
-    recorded = ckpt.load_resume(path).get("config", {})
+    recorded = ckpt.load_resume(path, mmap=True).get("config", {})  # train_loop reads the tensors
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     adopted = {k: v for k, v in implied.items() if k not in recorded and getattr(config, k) == defaults.get(k)}
     if not adopted:

@@ -101,7 +101,7 @@ class BoundaryNet(nn.Module):
         self.train_backbone = train_backbone
         backbone.requires_grad_(False)
         if train_backbone:
-            for name, param in backbone.named_parameters():
+            for param in backbone.parameters():
                 # the convolutions learn; every BatchNorm keeps its ImageNet statistics and affine
                 if param.dim() > 1:
                     param.requires_grad_(True)
