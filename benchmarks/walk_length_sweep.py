@@ -28,9 +28,13 @@ def main() -> None:
     ap.add_argument("--boundary-dir", required=True)
     ap.add_argument("--settings", nargs="+", default=["10:8:0.25", "10:4:0.25", "10:2:0.25", "10:0:0.25"])
     ap.add_argument("--num", type=int, default=0, help="first N images only (0: all)")
+    ap.add_argument("--seed-thresholds", nargs="*", type=float, default=None,
+                    help="also score the seeds themselves (full-resolution CAMs, background plane at each "
+                         "threshold) on the same images [default: each setting's threshold]")
     args = ap.parse_args()
 
     from wsss.cam.extract import load_cam
+    from wsss.metrics import cam_to_mask
     from wsss.data import DataConfig, build_dataset
     from wsss.metrics import ConfusionMatrix
     from wsss.pseudo.random_walk import irn_postprocess, propagate
@@ -38,6 +42,8 @@ def main() -> None:
     ds = build_dataset(DataConfig(kind="voc", root=args.data_root, split=args.split))
     settings = [(float(b), int(e), float(t)) for b, e, t in (s.split(":") for s in args.settings)]
     matrices = {s: ConfusionMatrix(ds.num_classes) for s in settings}
+    seed_thresholds = sorted({t for _, _, t in settings} if args.seed_thresholds is None else set(args.seed_thresholds))
+    seed_matrices = {t: ConfusionMatrix(ds.num_classes) for t in seed_thresholds}
     ids = ds.ids[: args.num] if args.num else ds.ids
     for image_id in ids:
         mask = ds.load(image_id).mask
@@ -46,12 +52,17 @@ def main() -> None:
         if edge is None:
             raise SystemExit(f"no boundary map {args.boundary_dir}/{image_id}.png")
         boundary = torch.from_numpy(edge / 255.0)
+        for threshold in seed_thresholds:
+            seed_matrices[threshold].update(mask, cam_to_mask(seed["high_res"], seed["keys"] + 1, threshold))
         cams = torch.from_numpy(seed["cam"]).double()
         for beta, exp_times, threshold in settings:
             rw = propagate(cams, boundary, beta=beta, exp_times=exp_times)
             matrices[(beta, exp_times, threshold)].update(mask, irn_postprocess(rw, seed["keys"], mask.shape, threshold))
     print(f"{len(ids)} images of {args.data_root} ({args.split}), seeds {args.cam_dir}, boundaries {args.boundary_dir}\n")
     print("| beta | steps | threshold | mIoU | FP | FN |\n| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for threshold, cm in seed_matrices.items():
+        m = cm.compute(ds.class_names)
+        print(f"| seed | - | {threshold:g} | {100 * m.miou:.2f} | {100 * m.mean_fp:.2f} | {100 * m.mean_fn:.2f} |")
     for (beta, exp_times, threshold), cm in matrices.items():
         m = cm.compute(ds.class_names)
         print(f"| {beta:g} | {2 ** exp_times} | {threshold:g} | {100 * m.miou:.2f} | "

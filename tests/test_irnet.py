@@ -139,6 +139,26 @@ def test_edge_to_affinity_is_one_minus_max_along_the_path():
     torch.testing.assert_close(aff[0], full[:, : 10 - m, m : 13 - m], rtol=0, atol=0)
 
 
+def test_edge_to_affinity_gradient_goes_to_each_paths_maximum():
+    # the grouped gather must train exactly as one max per path pixel would (IRN's max_pool2d)
+    torch.manual_seed(1)
+    radius, m = 5, 4
+    boundary = torch.rand(2, 1, 12, 15, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, len(path_index(radius).directions), 12 - m, 15 - 2 * m, dtype=torch.float64)
+    index = path_index(radius)
+    (edge_to_affinity(boundary, index) * weights).sum().backward()
+    b = boundary.detach()[:, 0]
+    expected = torch.zeros_like(b)
+    for i, path in enumerate(index.paths):
+        for y in range(12 - m):
+            for x in range(15 - 2 * m):
+                for n in range(2):
+                    values = [b[n, y + py, x + m + px] for py, px in path]
+                    py, px = path[int(torch.stack(values).argmax())]
+                    expected[n, y + py, x + m + px] -= weights[n, i, y, x]
+    torch.testing.assert_close(boundary.grad[:, 0], expected, rtol=0, atol=1e-12)
+
+
 def test_boundary_loss_by_hand():
     aff = torch.tensor([0.9, 0.2, 0.6, 0.3])
     bg = torch.tensor([1.0, 1.0, 0.0, 0.0])
