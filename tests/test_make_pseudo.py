@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -128,6 +130,13 @@ def test_refine_irn_trains_the_boundary_net_and_walks(toy_root, tmp_path):
 
     sweep = evaluate_cams(EvalCamConfig(data=cfg.data, cam_dir=str(out / "scores"), workers=1), progress=False)
     assert 0 <= sweep.best.miou <= 1
+    # the walk split over two worker processes writes the same boundary maps and masks
+    assert len(ds.ids) > 8  # more than one WALK_BATCH, so both workers get images
+    split = make_pseudo(replace(cfg, irn_dir=str(out / "irn"), workers=2, save_scores=False,
+                                out=str(tmp_path / "two")), progress=False)
+    for i in ds.ids:
+        for sub in ("", "boundary"):
+            np.testing.assert_array_equal(read_mask(split / sub / f"{i}.png"), read_mask(out / sub / f"{i}.png"))
     # a rerun redoes only what is missing; a changed walk setting is refused
     (out / f"{ds.ids[0]}.png").unlink()
     make_pseudo(cfg, progress=False)
@@ -235,3 +244,73 @@ def test_index_masks_hold_the_same_classes_in_one_channel(toy_root, tmp_path):
         pal, idx = Image.open(tmp_path / "palette" / f"{i}.png"), Image.open(tmp_path / "index" / f"{i}.png")
         assert pal.mode == "P" and idx.mode == "L"
         np.testing.assert_array_equal(np.asarray(idx), np.asarray(pal))
+
+
+# ----------------------------------------------------------------------------- threshold calibration
+def test_calibrate_threshold_maps_irns_seed_threshold_and_keeps_the_ends():
+    from wsss.pseudo.make import calibrate_threshold
+
+    assert calibrate_threshold(0.15, 0.54) == pytest.approx(0.54)
+    assert calibrate_threshold(0.15, 0.15) == pytest.approx(0.15)
+    assert calibrate_threshold(1.0, 0.54) == 1.0 and calibrate_threshold(0.0, 0.54) == 0.0
+    ts = [0.05, 0.15, 0.25, 0.30]
+    mapped = [calibrate_threshold(t, 0.54) for t in ts]
+    assert mapped == sorted(mapped) and all(m > t for m, t in zip(mapped, ts))
+    # the same as raising the CAM to 1 / g and keeping IRN's threshold: cam > t^g  <=>  cam^(1/g) > t
+    g = np.log(0.54) / np.log(0.15)
+    cam = np.linspace(0.01, 0.99, 99)
+    np.testing.assert_array_equal(cam > calibrate_threshold(0.30, 0.54), cam ** (1 / g) > 0.30)
+    with pytest.raises(ConfigError, match=r"\(0, 1\)"):
+        calibrate_threshold(0.3, 1.0)
+
+
+def _write_graded_cams(toy_root, cam_dir, split="val"):
+    import cv2
+
+    ds = VOCDataset(toy_root, split)
+    for i in ds.ids:
+        s = ds.load(i)
+        keys = np.flatnonzero(s.label)
+        high = np.stack([cv2.GaussianBlur((s.mask == k + 1).astype(np.float32), (0, 0), 6) for k in keys])
+        high /= high.reshape(len(keys), -1).max(1)[:, None, None]
+        save_cam(cam_dir / f"{i}.npz", {"keys": keys, "cam": high[:, ::4, ::4], "high_res": high})
+    return ds
+
+
+def test_calibrated_ir_labels_equal_ir_labels_at_the_mapped_thresholds(toy_root, tmp_path):
+    import json
+
+    from wsss.pseudo.make import calibrate_threshold
+
+    ds = _write_graded_cams(toy_root, tmp_path / "cams")
+    data = DataConfig(root=str(toy_root), split="val")
+    (tmp_path / "seed_eval").mkdir()
+    (tmp_path / "seed_eval" / "eval.json").write_text(json.dumps({"best_threshold": 0.6}))
+    base = dict(data=data, cam_dir=str(tmp_path / "cams"), refine="ir-label", workers=1)
+    make_pseudo(MakePseudoConfig(**base, calibrate_from=str(tmp_path / "seed_eval"), out=str(tmp_path / "cal")),
+                progress=False)
+    make_pseudo(MakePseudoConfig(**base, conf_fg=calibrate_threshold(0.30, 0.6), conf_bg=calibrate_threshold(0.05, 0.6),
+                                 out=str(tmp_path / "direct")), progress=False)
+    make_pseudo(MakePseudoConfig(**base, out=str(tmp_path / "irn")), progress=False)
+    differs = 0
+    for i in ds.ids:
+        cal = read_mask(tmp_path / "cal" / f"{i}.png")
+        np.testing.assert_array_equal(cal, read_mask(tmp_path / "direct" / f"{i}.png"))
+        differs += int((cal != read_mask(tmp_path / "irn" / f"{i}.png")).sum())
+    assert differs > 0  # the calibration changed the labels, so the equality above says something
+    # a number works as well as the eval-cam folder; thresholding has no IRN scale to map from
+    make_pseudo(MakePseudoConfig(**base, calibrate_from="0.6", out=str(tmp_path / "num")), progress=False)
+    # `wsss eval-cam` without --out leaves eval_cam.json in the CAM folder
+    (tmp_path / "cams" / "eval_cam.json").write_text(json.dumps({"best_threshold": 0.6}))
+    make_pseudo(MakePseudoConfig(**base, calibrate_from=str(tmp_path / "cams"), out=str(tmp_path / "in_cams")),
+                progress=False)
+    for i in ds.ids:
+        for other in ("num", "in_cams"):
+            np.testing.assert_array_equal(read_mask(tmp_path / other / f"{i}.png"),
+                                          read_mask(tmp_path / "direct" / f"{i}.png"))
+    with pytest.raises(ConfigError, match="--threshold"):
+        make_pseudo(MakePseudoConfig(**{**base, "refine": "none"}, calibrate_from="0.6", out=str(tmp_path / "t")),
+                    progress=False)
+    with pytest.raises(ConfigError, match="eval-cam"):
+        make_pseudo(MakePseudoConfig(**base, calibrate_from=str(tmp_path / "nowhere"), out=str(tmp_path / "x")),
+                    progress=False)

@@ -422,11 +422,12 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
 @click.option("--irn-resize", type=click.Choice(["pil", "opencv"]), default=None, help="irn: kernels of IRNet's training rescale, pil (IRN's) or opencv (the behaviour before) [default: pil].")
 @click.option("--irn-pad", type=click.IntRange(0), default=None, help="irn: pad images to this square before the boundary net, as IRN pads to its 512 training crop; 0 = off [default: the boundary net's training crop].")
 @click.option("--mask-format", type=click.Choice(["palette", "index"]), default=None, help="PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which reads masks with imageio) [default: palette].")
+@click.option("--calibrate-from", default=None, help="ir-label/irn: the CAMs' best seed threshold, or the eval-cam folder that found it; --conf-fg/--conf-bg/--threshold are then read on IRN's CAM scale (seed threshold 0.15) and mapped to these CAMs' (not IRN) [default: none, IRN's values as given].")
 @click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
 def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
                     irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, irn_backbone_lr, beta, exp_times, save_scores, device,
-                    workers, irn_resize, irn_pad, mask_format, out, overwrite) -> None:
+                    workers, irn_resize, irn_pad, mask_format, calibrate_from, out, overwrite) -> None:
     """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
     from wsss.pseudo.make import MakePseudoConfig, make_pseudo
 
@@ -435,7 +436,7 @@ def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, t
         "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "irn_pad": irn_pad, "mask_format": mask_format, "out": out,
         "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
         "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop, "irn.resize": irn_resize,
-        "irn.backbone_lr": irn_backbone_lr,
+        "irn.backbone_lr": irn_backbone_lr, "calibrate_from": calibrate_from,
         "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,
     }, section="make_pseudo")
     result = make_pseudo(cfg, progress=sys.stderr.isatty())

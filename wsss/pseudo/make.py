@@ -23,6 +23,7 @@ are skipped, so an interrupted run continues. CPU-bound work runs in
 """
 from __future__ import annotations
 
+import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -56,7 +57,13 @@ class MakePseudoConfig:
     IRN-based code, which reads masks with imageio: a palette PNG reads back as RGB there); the IR
     labels (``ir_label/``) follow it too.
     irn_pad: pad each image to this square before the boundary net at inference, as IRN pads to
-    its training crop (``EdgeDisplacement``, 512); none = the boundary net's training crop; 0 = off."""
+    its training crop (``EdgeDisplacement``, 512); none = the boundary net's training crop; 0 = off.
+    calibrate_from: these CAMs' best seed threshold ``s``, as a number or as the eval-cam folder
+    (or its ``eval.json``) that found it (ir-label, irn). ``conf_fg``, ``conf_bg`` and ``threshold``
+    are then read on IRN's CAM scale and mapped to these CAMs' by :func:`calibrate_threshold`. Not
+    IRN, which fixes them for its ResNet-50 VOC CAMs (seed threshold 0.15, ``cam_eval_thres``):
+    CAMs whose best seed threshold is far above that need them re-set, which work on flatter CAMs
+    does by hand (AMN's scripts: conf_fg 0.45, conf_bg 0.15). Default none: IRN's values as given."""
 
     data: DataConfig = field(default_factory=DataConfig)
     cam_dir: str = "runs/cam"
@@ -76,6 +83,60 @@ class MakePseudoConfig:
     overwrite: bool = False
     mask_format: str = "palette"
     irn_pad: int | None = None
+    calibrate_from: str | None = None
+
+
+IRN_SEED_THRESHOLD = 0.15
+"""The background threshold IRN scores its ResNet-50 CAM seeds at (``cam_eval_thres``), the scale its
+conf_fg / conf_bg / sem_seg_bg_thres were chosen on."""
+
+
+def calibrate_threshold(t: float, seed_threshold: float) -> float:
+    """Map a threshold ``t`` from IRN's CAM scale to CAMs whose best seed threshold is ``seed_threshold``.
+
+    ``t -> t ** g`` with ``g = ln(seed_threshold) / ln(0.15)``: IRN's seed threshold 0.15 goes to
+    ``seed_threshold``, 0 and 1 stay, and the order of thresholds is kept. Because CAMs are
+    normalised to a maximum of 1, this is the same as raising the CAMs to the power ``1 / g`` and
+    using IRN's thresholds on them.
+    """
+    if not 0 < seed_threshold < 1:
+        raise ConfigError(f"the seed threshold to calibrate from must be in (0, 1), got {seed_threshold}")
+    return float(t) ** (math.log(seed_threshold) / math.log(IRN_SEED_THRESHOLD))
+
+
+def read_seed_threshold(source: str | float) -> float:
+    """``calibrate_from`` -> the seed threshold: a number, or eval-cam's ``best_threshold`` from the
+    JSON it wrote or the folder holding it."""
+    try:
+        return float(source)
+    except (TypeError, ValueError):
+        pass
+    path = Path(source)
+    if path.is_dir():
+        # a recipe's eval_cam step writes eval.json; `wsss eval-cam` puts eval_cam.json in the CAM folder
+        path = next((p for p in (path / "eval.json", path / "eval_cam.json") if p.is_file()), path / "eval.json")
+    if not path.is_file():
+        raise ConfigError(f"calibrate_from: no {path}; give a number, the JSON `wsss eval-cam` wrote, or the "
+                          "folder that holds it (eval_cam.json in the CAM folder, or a recipe step's eval.json)")
+    import json
+
+    found = json.loads(path.read_text()).get("best_threshold")
+    if found is None:
+        raise ConfigError(f"calibrate_from: {path} has no best_threshold; is it eval-cam's eval.json?")
+    return float(found)
+
+
+def calibrated(cfg: MakePseudoConfig) -> MakePseudoConfig:
+    """The settings the masks are made with: ``cfg`` itself, or with ``conf_fg``, ``conf_bg`` and
+    ``threshold`` mapped by :func:`calibrate_threshold` when ``calibrate_from`` is set."""
+    if cfg.calibrate_from is None:
+        return cfg
+    if cfg.refine not in ("ir-label", "irn"):
+        raise ConfigError(f"calibrate_from maps IRN's thresholds (refine ir-label or irn); with refine "
+                          f"'{cfg.refine}' set --threshold to the seed threshold itself")
+    s = read_seed_threshold(cfg.calibrate_from)
+    return replace(cfg, calibrate_from=None, conf_fg=calibrate_threshold(cfg.conf_fg, s),
+                   conf_bg=calibrate_threshold(cfg.conf_bg, s), threshold=calibrate_threshold(cfg.threshold, s))
 
 
 def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
@@ -181,7 +242,10 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     if cfg.refine not in REFINE_MODES:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
     out = Path(cfg.out)
+    run = calibrated(cfg)
     settings = _settings(cfg)
+    if run is not cfg:
+        settings["calibrated"] = {k: round(getattr(run, k), 6) for k in ("conf_fg", "conf_bg", "threshold")}
     if cfg.mask_format not in ("palette", "index"):
         raise ConfigError(f"mask_format must be 'palette' or 'index', got '{cfg.mask_format}'")
     if cfg.refine == "irn" and cfg.irn_dir is None:
@@ -198,10 +262,14 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     if dist.is_main():
         prepare_output(out, settings, cfg, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     dist.barrier()
+    if run is not cfg and dist.is_main():
+        print(f"make-pseudo: thresholds calibrated to seed threshold {read_seed_threshold(cfg.calibrate_from):g}: "
+              f"conf_fg {run.conf_fg:.3f}, conf_bg {run.conf_bg:.3f}, threshold {run.threshold:.3f} "
+              f"(IRN scale: {cfg.conf_fg:g}, {cfg.conf_bg:g}, {cfg.threshold:g})")
     if cfg.refine == "irn":
-        _irn(cfg, ds, out, progress)
+        _irn(run, ds, out, progress)
     else:
-        _map_images(cfg, ds, out, progress)
+        _map_images(run, ds, out, progress)
     if dist.is_main():
         warn_if_background_only(out, ds.ids)
         write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
@@ -216,12 +284,6 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
 
 def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     """IRN's three steps; each one skips what an earlier, interrupted run finished."""
-    import numpy as np
-    import torch
-
-    from wsss.io import atomic_write, write_gray
-    from wsss.pseudo.irnet import infer_boundary
-    from wsss.pseudo.random_walk import irn_postprocess, propagate_batch
     from wsss.pseudo.train_irn import load_boundary_net, train_irn
 
     ir_dir = out / "ir_label"
@@ -233,18 +295,41 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
         irn_cfg = replace(cfg.irn, data=cfg.data, ir_labels=str(ir_dir), out=str(irn_dir), device=cfg.device)
         train_irn(irn_cfg, resume=True, progress=progress)
     device = dist.init_distributed(cfg.device)
-    net = load_boundary_net(irn_dir, device)
     from wsss.config import read_yaml
 
     pad = cfg.irn_pad if cfg.irn_pad is not None else int(read_yaml(irn_dir / "config.yaml").get("crop", 0))
     todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     from wsss.engine.loop import tracked
 
-    def load(image_id: str):
-        cams = load_cam(cfg.cam_dir, image_id)
+    if device.type == "cpu" and cfg.workers > 1 and len(todo) > WALK_BATCH:
+        # On CPU the walk runs single-threaded (random_walk's cpu_threads), so one process leaves the
+        # other cores idle: split the images over `workers` processes, WALK_BATCH per task. Each
+        # image's values are the same as in one process (its boundary and walk never mix with others).
+        chunks = [todo[i : i + WALK_BATCH] for i in range(0, len(todo), WALK_BATCH)]
+        with ProcessPoolExecutor(cfg.workers, initializer=_start_walker, initargs=(cfg, str(out), str(irn_dir), pad)) as pool:
+            for _ in tracked(pool.map(_walk_chunk, chunks), "make-pseudo irn (walk)", progress, total=len(chunks)):
+                pass
+    else:
+        walker = _Walker(cfg, out, load_boundary_net(irn_dir, device), pad, ds)
+        walker.walk(tracked(todo, "make-pseudo irn (walk)", progress))
+    dist.barrier()
+
+
+class _Walker:
+    """Boundary maps, IRN's walk and post-processing for a stream of images (make-pseudo irn's
+    third step), writing each image's boundary PNG, optional scores and mask."""
+
+    def __init__(self, cfg: MakePseudoConfig, out: Path, net, pad: int, ds=None):
+        self.cfg, self.out, self.net, self.pad = cfg, Path(out), net, pad
+        self.ds = build_dataset(cfg.data) if ds is None else ds
+        self.device = next(net.parameters()).device
+        self.pending: dict[tuple[int, int], list] = {}
+
+    def load(self, image_id: str):
+        cams = load_cam(self.cfg.cam_dir, image_id)
         if "cam" not in cams:
             raise WsssDataError(f"CAM file of '{image_id}' has no stride-4 'cam' map, which the random walk needs")
-        image = read_image(ds.image_path(image_id))
+        image = read_image(self.ds.image_path(image_id))
         h4, w4 = -(-image.shape[0] // 4), -(-image.shape[1] // 4)
         if cams["cam"].shape[1:] != (h4, w4):
             raise WsssDataError(
@@ -253,7 +338,14 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
             )
         return cams, image
 
-    def finish(image_id: str, cams, image, boundary, rw) -> None:
+    def finish(self, image_id: str, cams, image, boundary, rw) -> None:
+        import numpy as np
+        import torch
+
+        from wsss.io import atomic_write, write_gray
+        from wsss.pseudo.random_walk import irn_postprocess
+
+        cfg, out = self.cfg, self.out
         mask = irn_postprocess(rw, cams["keys"], image.shape[:2], cfg.threshold)
         write_gray(out / "boundary" / f"{image_id}.png", (boundary.cpu().numpy() * 255 + 0.5).astype(np.uint8))
         if cfg.save_scores:
@@ -269,27 +361,54 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     # Images of one size are walked WALK_BATCH at a time: the same values as one by one
     # (propagate_batch), 1.4-1.7x faster for 128 px images on CPU (benchmarks/bench_walk_batch.py),
     # whose walk is dominated by the per-step cost of ~17k small operations.
-    pending: dict[tuple[int, int], list] = {}
+    def flush(self, key) -> None:
+        import torch
 
-    def flush(key) -> None:
-        group = pending.pop(key, [])
+        from wsss.pseudo.random_walk import propagate_batch
+
+        group = self.pending.pop(key, [])
         if not group:
             return
+        cfg = self.cfg
         with torch.no_grad():
-            rws = propagate_batch([torch.from_numpy(g[1]["cam"]).to(device) for g in group],
+            rws = propagate_batch([torch.from_numpy(g[1]["cam"]).to(self.device) for g in group],
                                   [g[3] for g in group], beta=cfg.beta, exp_times=cfg.exp_times,
                                   radius=cfg.radius)
         for (image_id, cams, image, boundary), rw in zip(group, rws):
-            finish(image_id, cams, image, boundary, rw)
+            self.finish(image_id, cams, image, boundary, rw)
 
-    for image_id in tracked(todo, "make-pseudo irn (walk)", progress):
-        cams, image = load(image_id)
-        with torch.no_grad():
-            boundary = infer_boundary(net, image, pad=pad)
-        key = tuple(boundary.shape)
-        pending.setdefault(key, []).append((image_id, cams, image, boundary))
-        if len(pending[key]) >= WALK_BATCH:
-            flush(key)
-    for key in list(pending):
-        flush(key)
-    dist.barrier()
+    def walk(self, ids) -> None:
+        import torch
+
+        from wsss.pseudo.irnet import infer_boundary
+
+        for image_id in ids:
+            cams, image = self.load(image_id)
+            with torch.no_grad():
+                boundary = infer_boundary(self.net, image, pad=self.pad)
+            key = tuple(boundary.shape)
+            self.pending.setdefault(key, []).append((image_id, cams, image, boundary))
+            if len(self.pending[key]) >= WALK_BATCH:
+                self.flush(key)
+        for key in list(self.pending):
+            self.flush(key)
+
+
+_WALKER: _Walker | None = None
+
+
+def _start_walker(cfg: MakePseudoConfig, out: str, irn_dir: str, pad: int) -> None:
+    """Pool initializer: one boundary net per worker process, one torch thread each."""
+    import torch
+
+    from wsss.pseudo.train_irn import load_boundary_net
+
+    global _WALKER
+    die_with_parent()
+    torch.set_num_threads(1)
+    _WALKER = _Walker(cfg, Path(out), load_boundary_net(irn_dir, "cpu"), pad)
+
+
+def _walk_chunk(ids: list[str]) -> int:
+    _WALKER.walk(ids)
+    return len(ids)
