@@ -101,10 +101,12 @@ def main() -> None:
                     help="squarings actually run for dense (the rest extrapolated)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the dense matmuls")
     ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES], metavar="HxW",
+                    help="image sizes, pixels (the walk runs at 1/4)")
     args = ap.parse_args()
     mb = 2**20
     rows = []
-    for h, w in SIZES:
+    for h, w in (tuple(int(v) for v in size.lower().split("x")) for size in args.sizes):
         hs, ws = math.ceil(h / 4), math.ceil(w / 4)
         n = hs * ws
         r64 = _run("walk64", hs, ws, 0, args.threads)

@@ -86,16 +86,21 @@ def main() -> None:
     # the true boundaries on the IR labels it trained on (whole images, radius 10); the oracle walks
     on_edge, off_edge = [], []
     oracle_dirs = {s: out / f"oracle_{s:g}" for s in args.oracle}
-    index = path_index(10)
+    irn_cfg = load_config(TrainIrnConfig, Path(args.irn_dir or pseudo / "irn") / "config.yaml")
+    index = path_index(irn_cfg.radius)
     losses: dict[str, list[float]] = {}
-    ir_dir = Path(load_config(TrainIrnConfig, Path(args.irn_dir or pseudo / "irn") / "config.yaml").ir_labels)
+    too_small = 0  # whole images whose stride-4 map has no pairs of the training radius
+    ir_dir = Path(irn_cfg.ir_labels)
     for image_id in ds.ids:
         mask = ds.load(image_id).mask
         edge = class_edges(mask)
         learned = cv2.imread(str(pseudo / "boundary" / f"{image_id}.png"), cv2.IMREAD_GRAYSCALE) / 255.0
         on_edge.append(learned[edge])
         off_edge.append(learned[~edge])
-        if (ir_dir / f"{image_id}.png").is_file():
+        h4, w4 = learned.shape
+        if h4 <= index.margin or w4 <= 2 * index.margin:
+            too_small += 1
+        elif (ir_dir / f"{image_id}.png").is_file():
             label = torch.from_numpy(read_mask(ir_dir / f"{image_id}.png")[::4, ::4].astype(np.int64))[None]
             pairs = affinity_labels(label, index)
             maps = {"learned": learned, **{f"true class edges at {s:g}": edge * s for s in args.oracle}}
@@ -125,6 +130,8 @@ def main() -> None:
     if losses:
         print(f"IRNet's loss on the IR labels ({ir_dir}), mean over images: "
               + ", ".join(f"{name} {np.mean(v):.3f}" for name, v in losses.items()))
+    if too_small:
+        print(f"({too_small} images too small for pairs of radius {irn_cfg.radius} left out of the loss)")
     print(f"\noutputs in {out}")
 
 
