@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from wsss.cam.extract import load_cam
+from wsss.cam.files import load_cam
 from wsss.data.base import SegDataset
 from wsss.io import WsssDataError, read_mask, voc_palette, write_image
 from wsss.metrics import cam_to_mask

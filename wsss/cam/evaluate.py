@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wsss.cam.extract import load_cam
+from wsss.cam.files import load_cam
 from wsss.config import check_provenance
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.io import WsssDataError, atomic_write, write_json

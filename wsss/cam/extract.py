@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from wsss.cls.models import load_trained_classifier
-from wsss.cls.transforms import normalize, resize_to, scaled_size
+from wsss.data.transforms import normalize, resize_to, scaled_size
 from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
-from wsss.io import WsssDataError, atomic_write, write_json
+from wsss.cam.files import CAM_FILE_SUFFIX, load_cam, save_cam  # noqa: F401  (re-exported)
+from wsss.io import WsssDataError, write_json
 
 MethodFn = Callable[[torch.nn.Module, torch.Tensor, "ExtractCamConfig"], torch.Tensor]
 CAM_METHODS: dict[str, MethodFn] = {}
@@ -196,7 +197,6 @@ def check_memory(model: torch.nn.Module, cfg: "ExtractCamConfig", image_id: str,
     )
 
 
-CAM_FILE_SUFFIX = {"npz": ".npz", "irn": ".npy"}
 MANIFEST_IMPLIED = {"file_format": "npz", "max_side": None, "resize": "opencv", "class_names": None,
                     "attn_renorm": False}
 """What a CAM folder's manifest written before ``file_format`` existed means: .npz files."""
@@ -276,46 +276,6 @@ def extract_one(model: torch.nn.Module, image: np.ndarray, label: np.ndarray, cf
         m /= m.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(cams["keys"]) else 1
         out[key] = m.numpy()
     return out
-
-
-def save_cam(path: str | Path, cams: dict[str, np.ndarray]) -> Path:
-    """Write one image's CAMs: ``.npz`` (pickle-free) or, for a ``.npy`` path, IRN's pickled dict
-    with ``cam`` as a CPU torch tensor (IRN's ``make_sem_seg_labels`` calls ``.cuda()`` on it)."""
-    if Path(path).suffix == ".npy":
-        irn = {"keys": np.asarray(cams["keys"], np.int64), "cam": torch.from_numpy(np.asarray(cams["cam"])),
-               "high_res": np.asarray(cams["high_res"])}
-        return atomic_write(path, lambda tmp: np.save(tmp, irn, allow_pickle=True))
-    return atomic_write(path, lambda tmp: np.savez(tmp, keys=cams["keys"], cam=cams["cam"], high_res=cams["high_res"]))
-
-
-def load_cam(cam_dir: str | Path, image_id: str) -> dict[str, np.ndarray]:
-    """Read ``<id>.npz`` (wsss; a make-pseudo score file gives its ``scores`` as ``high_res``) or
-    ``<id>.npy`` (IRN's pickled dict; cam may be a torch tensor)."""
-    cam_dir = Path(cam_dir)
-    npz, npy = cam_dir / f"{image_id}.npz", cam_dir / f"{image_id}.npy"
-    if npz.is_file():
-        with np.load(npz, allow_pickle=False) as f:
-            out = {k: f[k] for k in ("keys", "cam", "high_res") if k in f}
-            if "high_res" not in out and "scores" in f:
-                # make-pseudo --save-scores: the walk's normalised full-size scores, read as CAMs so
-                # that eval-cam sweeps, and make-pseudo --refine none applies, another threshold
-                out["high_res"] = f["scores"]
-    elif npy.is_file():
-        obj = np.load(npy, allow_pickle=True)
-        obj = obj.item() if obj.dtype == object and obj.shape == () else obj
-        if not isinstance(obj, dict) or "keys" not in obj:
-            raise WsssDataError(f"{npy} is not an IRN CAM file (a dict with 'keys', 'cam', 'high_res')")
-        out = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in obj.items()}
-    else:
-        raise WsssDataError(f"no CAM file for '{image_id}' in {cam_dir} (expected {npz.name} or {npy.name})")
-    out["keys"] = np.asarray(out["keys"], dtype=np.int64).reshape(-1)
-    for k in ("cam", "high_res"):
-        if k in out and out[k].shape[0] != out["keys"].shape[0]:
-            raise WsssDataError(
-                f"CAM file of '{image_id}': '{k}' has {out[k].shape[0]} planes but {out['keys'].shape[0]} keys"
-            )
-    return out
-
 
 
 def _manifest(cfg: ExtractCamConfig) -> dict:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.cls.transforms import normalize
+from wsss.data.transforms import normalize
 from wsss.config import ConfigError
 from wsss.data.corpus import CORPUS_CLASSES, CORPUS_VERSION, render_corpus_sample
 from wsss.engine import checkpoint as ckpt

@@ -26,12 +26,10 @@ def _densecrf():
     return dcrf, unary_from_labels
 
 
-def crf_labels(
+def dense_crf(
     image: np.ndarray,
-    labels: np.ndarray,
-    n_labels: int,
+    unary: np.ndarray,
     *,
-    gt_prob: float = 0.7,
     sxy_gauss: float = 3,
     compat_gauss: float = 3,
     sxy_bilateral: float = 50,
@@ -39,18 +37,46 @@ def crf_labels(
     compat_bilateral: float = 10,
     iterations: int = 10,
 ) -> np.ndarray:
-    """Refine a label map: ``image`` (H, W, 3) uint8 RGB, ``labels`` (H, W) in
-    [0, n_labels) -> (H, W) int64 labels in [0, n_labels)."""
-    dcrf, unary_from_labels = _densecrf()
-    h, w = labels.shape
-    d = dcrf.DenseCRF2D(w, h, n_labels)
-    d.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=gt_prob, zero_unsure=False))
+    """Mean-field inference of a fully connected CRF: ``image`` (H, W, 3) uint8 RGB, ``unary``
+    (K, H * W) negative log-probabilities (pydensecrf's ``unary_from_labels`` / ``unary_from_softmax``)
+    -> (H, W) int64 labels in [0, K). The default kernels are IRN's (``imutils.crf_inference_label``): Gaussian sxy 3 / compat 3,
+    bilateral sxy 50 / srgb 5 / compat 10, 10 iterations."""
+    dcrf, _ = _densecrf()
+    h, w = image.shape[:2]
+    k = unary.shape[0]
+    d = dcrf.DenseCRF2D(w, h, k)
+    d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     d.addPairwiseGaussian(sxy=sxy_gauss, compat=compat_gauss)
     # pydensecrf needs a writable C-contiguous buffer (Pillow arrays are read-only)
     d.addPairwiseBilateral(sxy=sxy_bilateral, srgb=srgb, rgbim=np.array(image, dtype=np.uint8, order="C"),
                            compat=compat_bilateral)
     q = d.inference(iterations)
-    return np.argmax(np.array(q).reshape(n_labels, h, w), axis=0)
+    return np.argmax(np.array(q).reshape(k, h, w), axis=0)
+
+
+def unary_from_probs(probs: np.ndarray) -> np.ndarray:
+    """(K, H, W) class probabilities -> the (K, H * W) unary of :func:`dense_crf` (pydensecrf's
+    ``unary_from_softmax``)."""
+    _densecrf()  # the install hint if pydensecrf is missing
+    from pydensecrf.utils import unary_from_softmax
+
+    return unary_from_softmax(probs.astype(np.float32))
+
+
+def crf_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    n_labels: int,
+    *,
+    gt_prob: float = 0.7,
+    iterations: int = 10,
+    **pairwise: float,
+) -> np.ndarray:
+    """Refine a label map: ``image`` (H, W, 3) uint8 RGB, ``labels`` (H, W) in
+    [0, n_labels) -> (H, W) int64 labels in [0, n_labels). ``pairwise``: :func:`dense_crf`'s kernels."""
+    _, unary_from_labels = _densecrf()
+    unary = unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=gt_prob, zero_unsure=False)
+    return dense_crf(image, unary, iterations=iterations, **pairwise)
 
 
 def crf_refine_cams(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:

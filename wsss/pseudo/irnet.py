@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.cls.transforms import normalize
+from wsss.data.transforms import normalize
 from wsss.io import IGNORE_INDEX
 from wsss.models.resnet import CAM_OS16, ResNetBackbone, build_resnet
 from wsss.pseudo.random_walk import stencil_offsets, stencil_paths

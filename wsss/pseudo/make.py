@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 
 
-from wsss.cam.extract import load_cam
+from wsss.cam.files import load_cam
 from wsss.config import ConfigError, check_output_settings, check_provenance, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
@@ -249,7 +249,7 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     if cfg.mask_format not in ("palette", "index"):
         raise ConfigError(f"mask_format must be 'palette' or 'index', got '{cfg.mask_format}'")
     if cfg.refine == "irn" and cfg.irn_dir is None:
-        from wsss.cls.transforms import check_resize_kernel
+        from wsss.data.transforms import check_resize_kernel
 
         check_resize_kernel(cfg.irn.resize)
     check_output_settings(out, settings, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wsss.cls.transforms import check_resize_kernel, normalize, random_crop, resize_to, scaled_size
+from wsss.data.transforms import check_resize_kernel, normalize, random_crop, resize_to, scaled_size
 from wsss.config import ConfigError, load_config
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.data.base import SegDataset

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wsss.cls.transforms import normalize
+from wsss.data.transforms import normalize
 from wsss.config import ConfigError, load_config, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
@@ -159,17 +159,9 @@ def segment(
 def crf_from_probs(image: np.ndarray, probs: np.ndarray, iterations: int = 10) -> np.ndarray:
     """Dense CRF with a softmax unary, (K, H, W) probabilities -> (H, W) labels;
     the pairwise kernels are IRN's (Gaussian sxy 3 / compat 3, bilateral sxy 50, srgb 5, compat 10)."""
-    from wsss.pseudo.crf import _densecrf
+    from wsss.pseudo.crf import dense_crf, unary_from_probs
 
-    dcrf, _ = _densecrf()
-    from pydensecrf.utils import unary_from_softmax
-
-    k, h, w = probs.shape
-    d = dcrf.DenseCRF2D(w, h, k)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
-    d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.array(image, dtype=np.uint8, order="C"), compat=10)
-    return np.argmax(np.array(d.inference(iterations)).reshape(k, h, w), axis=0)
+    return dense_crf(image, unary_from_probs(probs), iterations=iterations)
 
 
 @torch.no_grad()

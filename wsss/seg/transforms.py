@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from wsss.cls.transforms import normalize
+from wsss.data.transforms import normalize
 from wsss.io import IGNORE_INDEX
 
 
