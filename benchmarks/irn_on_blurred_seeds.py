@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
-    from wsss.cam.extract import load_cam, save_cam
+    from wsss.cam.files import load_cam, save_cam
     from wsss.config import load_config
     from wsss.data import DataConfig, build_dataset
     from wsss.evaluate import EvalConfig, evaluate_folders

@@ -33,7 +33,7 @@ def main() -> None:
                          "threshold) on the same images [default: each setting's threshold]")
     args = ap.parse_args()
 
-    from wsss.cam.extract import load_cam
+    from wsss.cam.files import load_cam
     from wsss.metrics import cam_to_mask
     from wsss.data import DataConfig, build_dataset
     from wsss.metrics import ConfusionMatrix
