@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.engine.loop import GroupSpec
+from wsss.engine.optim import GroupSpec
 
 
 class ResNetCAMNet(nn.Module):

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from wsss.config import ConfigError, read_yaml, save_config, to_dict
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
+from wsss.engine.optim import GroupSpec, make_optimizer  # noqa: F401  (re-exported)
 from wsss.engine.schedule import SCHEDULES
 from wsss.io import append_jsonl, write_json, write_text
 
@@ -79,28 +80,6 @@ class SeededTrainSet(Dataset):
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, self.epoch, index])
-
-
-@dataclass
-class GroupSpec:
-    """An optimiser group: its parameters, base lr and schedule name (a ``SCHEDULES`` key)."""
-
-    name: str
-    params: list[nn.Parameter]
-    lr: float
-    schedule: str
-    weight_decay: float
-
-
-def make_optimizer(kind: str, specs: Sequence[GroupSpec], momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``adamw`` or ``sgd`` over the non-empty groups of ``specs``."""
-    groups = [{"params": g.params, "lr": g.lr, "initial_lr": g.lr, "weight_decay": g.weight_decay,
-               "schedule": g.schedule, "name": g.name} for g in specs if g.params]
-    if kind == "adamw":
-        return torch.optim.AdamW(groups)
-    if kind == "sgd":
-        return torch.optim.SGD(groups, momentum=momentum)
-    raise ConfigError(f"optimizer '{kind}' is not known: use adamw or sgd")
 
 
 @dataclass

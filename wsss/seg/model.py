@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.engine.loop import GroupSpec
+from wsss.engine.optim import GroupSpec
 from wsss.io import IGNORE_INDEX
 from wsss.seg.heads import HEADS, FCNHead, pad_to_multiple
 
