@@ -55,8 +55,11 @@ def main() -> None:
         for threshold in seed_thresholds:
             seed_matrices[threshold].update(mask, cam_to_mask(seed["high_res"], seed["keys"] + 1, threshold))
         cams = torch.from_numpy(seed["cam"]).double()
+        walks = {}  # settings that differ only in threshold share one walk
         for beta, exp_times, threshold in settings:
-            rw = propagate(cams, boundary, beta=beta, exp_times=exp_times)
+            if (beta, exp_times) not in walks:
+                walks[beta, exp_times] = propagate(cams, boundary, beta=beta, exp_times=exp_times)
+            rw = walks[beta, exp_times]
             matrices[(beta, exp_times, threshold)].update(mask, irn_postprocess(rw, seed["keys"], mask.shape, threshold))
     print(f"{len(ids)} images of {args.data_root} ({args.split}), seeds {args.cam_dir}, boundaries {args.boundary_dir}\n")
     print("| beta | steps | threshold | mIoU | FP | FN |\n| ---: | ---: | ---: | ---: | ---: | ---: |")

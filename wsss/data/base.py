@@ -97,7 +97,13 @@ class SegDataset:
             mp = self.mask_path(image_id)
             if mp is not None:
                 mask = self.read_checked_mask(mp, image.shape[:2])
-        return Sample(id=image_id, image=image, label=self.label(image_id), mask=mask)
+        return Sample(id=image_id, image=image, label=self.sample_label(image_id, mask), mask=mask)
+
+    def sample_label(self, image_id: str, mask: np.ndarray | None) -> np.ndarray:
+        """The label :meth:`load` returns, given the mask it has just read (None: not read or none):
+        :meth:`label`. A reader whose labels come from the mask itself uses that mask instead of
+        reading it again."""
+        return self.label(image_id)
 
     def read_checked_mask(self, path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
         """Read a mask, map it through :attr:`mask_lut` when the dataset has one, and check its size

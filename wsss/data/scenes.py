@@ -161,6 +161,9 @@ class SceneDataset(SegDataset):
             return np.zeros(self.num_fg, dtype=np.float32)
         return self.label_from_mask(self.read_checked_mask(mp))
 
+    def sample_label(self, image_id: str, mask: np.ndarray | None) -> np.ndarray:
+        return self.label(image_id) if mask is None else self.label_from_mask(mask)
+
 
 class CityscapesDataset(SceneDataset):
     name = "cityscapes"

@@ -29,14 +29,18 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+import torch
 
 from wsss.cam.files import load_cam
 from wsss.config import ConfigError, check_output_settings, check_provenance, pending_ids, prepare_output, to_dict
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.engine.workers import die_with_parent
-from wsss.io import WsssDataError, read_image, read_image_size, write_json, write_mask
+from wsss.io import WsssDataError, atomic_write, read_image, read_image_size, write_gray, write_json, write_mask
 from wsss.metrics import cam_to_mask
+from wsss.pseudo.irnet import infer_boundary
+from wsss.pseudo.random_walk import irn_postprocess, propagate_batch
 from wsss.pseudo.train_irn import TrainIrnConfig
 
 REFINE_MODES = ("none", "crf", "ir-label", "irn")
@@ -126,17 +130,18 @@ def read_seed_threshold(source: str | float) -> float:
     return float(found)
 
 
-def calibrated(cfg: MakePseudoConfig) -> MakePseudoConfig:
-    """The settings the masks are made with: ``cfg`` itself, or with ``conf_fg``, ``conf_bg`` and
-    ``threshold`` mapped by :func:`calibrate_threshold` when ``calibrate_from`` is set."""
+def calibrated(cfg: MakePseudoConfig) -> tuple[MakePseudoConfig, float | None]:
+    """The settings the masks are made with and the seed threshold they were calibrated to:
+    ``(cfg, None)``, or ``cfg`` with ``conf_fg``, ``conf_bg`` and ``threshold`` mapped by
+    :func:`calibrate_threshold` when ``calibrate_from`` is set."""
     if cfg.calibrate_from is None:
-        return cfg
+        return cfg, None
     if cfg.refine not in ("ir-label", "irn"):
         raise ConfigError(f"calibrate_from maps IRN's thresholds (refine ir-label or irn); with refine "
                           f"'{cfg.refine}' set --threshold to the seed threshold itself")
     s = read_seed_threshold(cfg.calibrate_from)
     return replace(cfg, calibrate_from=None, conf_fg=calibrate_threshold(cfg.conf_fg, s),
-                   conf_bg=calibrate_threshold(cfg.conf_bg, s), threshold=calibrate_threshold(cfg.threshold, s))
+                   conf_bg=calibrate_threshold(cfg.conf_bg, s), threshold=calibrate_threshold(cfg.threshold, s)), s
 
 
 def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
@@ -198,8 +203,6 @@ MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0, "class_names": No
 def warn_if_background_only(out: Path, ids: list[str], sample: int = 500, share: float = 0.98) -> float:
     """Say so when (a sample of) the masks are nearly all background: training a segmenter on them
     would learn background only. Returns the background share of the labelled pixels."""
-    import numpy as np
-
     from wsss.io import read_mask
 
     step = max(1, len(ids) // sample)
@@ -242,9 +245,9 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     if cfg.refine not in REFINE_MODES:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
     out = Path(cfg.out)
-    run = calibrated(cfg)
+    run, seed_threshold = calibrated(cfg)
     settings = _settings(cfg)
-    if run is not cfg:
+    if seed_threshold is not None:
         settings["calibrated"] = {k: round(getattr(run, k), 6) for k in ("conf_fg", "conf_bg", "threshold")}
     if cfg.mask_format not in ("palette", "index"):
         raise ConfigError(f"mask_format must be 'palette' or 'index', got '{cfg.mask_format}'")
@@ -262,8 +265,8 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     if dist.is_main():
         prepare_output(out, settings, cfg, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     dist.barrier()
-    if run is not cfg and dist.is_main():
-        print(f"make-pseudo: thresholds calibrated to seed threshold {read_seed_threshold(cfg.calibrate_from):g}: "
+    if seed_threshold is not None and dist.is_main():
+        print(f"make-pseudo: thresholds calibrated to seed threshold {seed_threshold:g}: "
               f"conf_fg {run.conf_fg:.3f}, conf_bg {run.conf_bg:.3f}, threshold {run.threshold:.3f} "
               f"(IRN scale: {cfg.conf_fg:g}, {cfg.conf_bg:g}, {cfg.threshold:g})")
     if cfg.refine == "irn":
@@ -320,6 +323,7 @@ class _Walker:
     third step), writing each image's boundary PNG, optional scores and mask."""
 
     def __init__(self, cfg: MakePseudoConfig, out: Path, net, pad: int, ds=None):
+
         self.cfg, self.out, self.net, self.pad = cfg, Path(out), net, pad
         self.ds = build_dataset(cfg.data) if ds is None else ds
         self.device = next(net.parameters()).device
@@ -339,12 +343,6 @@ class _Walker:
         return cams, image
 
     def finish(self, image_id: str, cams, image, boundary, rw) -> None:
-        import numpy as np
-        import torch
-
-        from wsss.io import atomic_write, write_gray
-        from wsss.pseudo.random_walk import irn_postprocess
-
         cfg, out = self.cfg, self.out
         mask = irn_postprocess(rw, cams["keys"], image.shape[:2], cfg.threshold)
         write_gray(out / "boundary" / f"{image_id}.png", (boundary.cpu().numpy() * 255 + 0.5).astype(np.uint8))
@@ -362,10 +360,6 @@ class _Walker:
     # (propagate_batch), 1.4-1.7x faster for 128 px images on CPU (benchmarks/bench_walk_batch.py),
     # whose walk is dominated by the per-step cost of ~17k small operations.
     def flush(self, key) -> None:
-        import torch
-
-        from wsss.pseudo.random_walk import propagate_batch
-
         group = self.pending.pop(key, [])
         if not group:
             return
@@ -378,10 +372,6 @@ class _Walker:
             self.finish(image_id, cams, image, boundary, rw)
 
     def walk(self, ids) -> None:
-        import torch
-
-        from wsss.pseudo.irnet import infer_boundary
-
         for image_id in ids:
             cams, image = self.load(image_id)
             with torch.no_grad():
@@ -399,8 +389,6 @@ _WALKER: _Walker | None = None
 
 def _start_walker(cfg: MakePseudoConfig, out: str, irn_dir: str, pad: int) -> None:
     """Pool initializer: one boundary net per worker process, one torch thread each."""
-    import torch
-
     from wsss.pseudo.train_irn import load_boundary_net
 
     global _WALKER
