@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 # The machine's pip settings may point at a local CPU-only torch wheel that the
-# registry's torchvision cannot import against: take torch from the registry.
-PIP_ENV = PIP_FIND_LINKS=
+# registry's torchvision cannot import against: take torch from the registry. No wheel cache: the
+# torch build is several GB, and a cached copy beside the installed one doubles what the install
+# needs on disk (a CI run once stopped with "No space left on device" during this step).
+PIP_ENV = PIP_FIND_LINKS= PIP_NO_CACHE_DIR=1
 
 .PHONY: install demo test test-fast clean
 
