@@ -5,6 +5,7 @@ only reads CAMs (eval-cam, make-pseudo, visualize) imports this module, not :mod
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,12 @@ import torch
 from wsss.io import WsssDataError, atomic_write
 
 CAM_FILE_SUFFIX = {"npz": ".npz", "irn": ".npy"}
+
+# np.load parses each array's header with ast.literal_eval, and on CPython 3.11 two threads doing
+# that at once can fail with "SystemError: AST constructor recursion depth mismatch" (seen in CI:
+# eval-cam's loader threads). Stages read CAM files from thread pools, so reads take this lock;
+# the threads still overlap the reading with the caller's work on the previous file.
+_NP_LOAD_LOCK = threading.Lock()
 
 
 def save_cam(path: str | Path, cams: dict[str, np.ndarray]) -> Path:
@@ -31,14 +38,15 @@ def load_cam(cam_dir: str | Path, image_id: str) -> dict[str, np.ndarray]:
     cam_dir = Path(cam_dir)
     npz, npy = cam_dir / f"{image_id}.npz", cam_dir / f"{image_id}.npy"
     if npz.is_file():
-        with np.load(npz, allow_pickle=False) as f:
+        with _NP_LOAD_LOCK, np.load(npz, allow_pickle=False) as f:
             out = {k: f[k] for k in ("keys", "cam", "high_res") if k in f}
             if "high_res" not in out and "scores" in f:
                 # make-pseudo --save-scores: the walk's normalised full-size scores, read as CAMs so
                 # that eval-cam sweeps, and make-pseudo --refine none applies, another threshold
                 out["high_res"] = f["scores"]
     elif npy.is_file():
-        obj = np.load(npy, allow_pickle=True)
+        with _NP_LOAD_LOCK:
+            obj = np.load(npy, allow_pickle=True)
         obj = obj.item() if obj.dtype == object and obj.shape == () else obj
         if not isinstance(obj, dict) or "keys" not in obj:
             raise WsssDataError(f"{npy} is not an IRN CAM file (a dict with 'keys', 'cam', 'high_res')")
