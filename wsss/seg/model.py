@@ -8,14 +8,20 @@ auxiliary head on ``layer3`` (PSPNet's deep supervision, used by all three paper
 from __future__ import annotations
 
 import difflib
+import shlex
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.config import load_config
+from wsss.engine import checkpoint as ckpt
+from wsss.engine.loop import require_finished
 from wsss.engine.optim import GroupSpec
 from wsss.io import IGNORE_INDEX
+from wsss.seg.config import CLASS_NAMES_FILE, TrainSegConfig
 from wsss.seg.heads import HEADS, FCNHead, pad_to_multiple
 
 
@@ -246,6 +252,53 @@ __all__ = [
     "Segmenter",
     "build_segmenter",
     "cross_entropy",
+    "build_from_config",
+    "head_kwargs",
+    "load_trained_segmenter",
     "patch_labels",
     "sigmoid_focal_loss",
 ]
+
+
+def head_kwargs(cfg: TrainSegConfig) -> dict:
+    """The head's own options from the flat config."""
+    if cfg.head == "pcaa":
+        return {"channels": cfg.channels, "pool_sizes": tuple(cfg.pool_sizes)}
+    if cfg.head == "psa":
+        return {"channels": cfg.channels, "mask_size": cfg.psa_mask_size}
+    if cfg.head in ("fcn", "acf"):
+        return {"channels": cfg.channels}
+    return {}
+
+
+def build_from_config(cfg: TrainSegConfig, num_classes: int, pretrained: str | None = None) -> Segmenter:
+    return build_segmenter(cfg.head, cfg.backbone, num_classes, pretrained=pretrained,
+                           contract_dilation=cfg.contract_dilation, multi_grid=cfg.multi_grid,
+                           patch_label_min_frac=cfg.patch_label_min_frac, focal_reduction=cfg.focal_reduction,
+                           **head_kwargs(cfg))
+
+
+def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cpu"):
+    """The network a ``train-seg`` run wrote to ``seg_dir`` (strict load), in eval
+    mode, and its :class:`~wsss.seg.config.TrainSegConfig`."""
+    seg_dir = Path(seg_dir)
+    weights = seg_dir / ckpt.WEIGHTS_NAME
+    if not (seg_dir / "config.yaml").is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{seg_dir} is not a train-seg output folder (needs config.yaml and {ckpt.WEIGHTS_NAME}); "
+            f"run 'wsss train-seg --out {seg_dir}' first"
+        )
+    require_finished(seg_dir, "train-seg", f"wsss train-seg --config {shlex.quote(str(seg_dir / 'config.yaml'))} --resume")
+    cfg = load_config(TrainSegConfig, seg_dir / "config.yaml")
+    names = (seg_dir / CLASS_NAMES_FILE).read_text().split("\n") if (seg_dir / CLASS_NAMES_FILE).is_file() else None
+    if not names:
+        raise FileNotFoundError(f"{seg_dir / CLASS_NAMES_FILE} is missing: the train-seg run did not finish writing")
+    state = ckpt.load_weights_file(weights)
+    model = build_from_config(cfg, len(names))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{weights} does not match a '{cfg.head}' head on '{cfg.backbone}': missing {result.missing_keys[:20]}, "
+            f"unexpected {result.unexpected_keys[:20]}"
+        )
+    return model.to(device).eval(), cfg

@@ -22,7 +22,6 @@ train like one with the whole batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,89 +38,13 @@ from wsss.engine.syncbn import convert_sync_batchnorm
 from wsss.engine.loop import LoopSettings, SeededTrainSet, check_fresh_output, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image, write_text
 from wsss.metrics import collapse_warning
-from wsss.seg.model import Segmenter, build_segmenter
+from wsss.seg.config import CLASS_NAMES_FILE, TrainSegConfig
+from wsss.seg.inference import evaluate_segmenter, segment
+from wsss.seg.model import build_from_config, head_kwargs  # noqa: F401  (head_kwargs re-exported: its home was this module)
 from wsss.seg.transforms import seg_train_transform
 
-CLASS_NAMES_FILE = "class_names.txt"
 # Loss terms that are means over labelled pixels (the others average over fixed-size tensors).
 PIXEL_MEAN_TERMS = ("seg", "aux", "coarse")
-
-
-@dataclass
-class TrainSegConfig:
-    """Settings of ``wsss train-seg``.
-
-    data: training images; ``data.masks`` = the pseudo-mask folder (unset: ground truth).
-    val_split: split scored against ground truth (none: no validation).
-    head: ``pcaa``, ``acf``, ``psa``, ``fcn`` or ``deeplabv2``. backbone: dilated to output stride 8.
-    pretrained: local ImageNet weights of the backbone; none = from scratch.
-    channels: the head's width (512 in the papers). pool_sizes: PCAA's S per stacked module.
-    psa_mask_size: PSANet's attention window, odd (63 suits crop 512).
-    iterations: optimiser steps; the last epoch is cut short to end there.
-    batch_size: global batch, split over processes. crop: training crop side, pixels.
-    base_size: images are resized to fit (4 base_size, base_size), then by a ratio in scale_range.
-    val_every: score the val split every this many epochs (and always at the end).
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    val_split: str | None = "val"
-    head: str = "pcaa"
-    backbone: str = "resnet101_v1c"
-    pretrained: str | None = None
-    # layer3 / layer4 dilations: True halves the first block's (mmseg's -d8 configs, what wsss did
-    # before this setting); the PCAA repository and semseg use False. multi_grid: layer4's per-block
-    # dilation multipliers (PCAA's ADE20K: [1, 2, 4], dilations 4 / 8 / 16); none = off.
-    contract_dilation: bool = True
-    multi_grid: tuple[int, ...] | None = None
-    # PCAA's loss: a class is positive in a patch where it covers more than this fraction of it (0:
-    # the paper's Eq. 4, any pixel; the official code: 0.01); stacked modules' focal terms "sum"
-    # (Eq. 10) or "mean" (the official code)
-    patch_label_min_frac: float = 0.0
-    focal_reduction: str = "sum"
-    channels: int = 512
-    pool_sizes: tuple[int, ...] = (4,)
-    psa_mask_size: int = 63
-    iterations: int = 20000
-    batch_size: int = 16
-    crop: int = 512
-    base_size: int = 512
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    photometric: bool = True
-    lr: float = 0.01
-    head_lr_mult: float = 1.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    sync_bn: bool = True
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    seed: int = 0
-    out: str = "runs/seg"
-    save_every: int = 0
-    log_every: int = 20
-    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
-    # training setting: a resumed run may switch it.
-    tensorboard: bool = False
-    val_every: int = 1
-
-
-def head_kwargs(cfg: TrainSegConfig) -> dict:
-    """The head's own options from the flat config."""
-    if cfg.head == "pcaa":
-        return {"channels": cfg.channels, "pool_sizes": tuple(cfg.pool_sizes)}
-    if cfg.head == "psa":
-        return {"channels": cfg.channels, "mask_size": cfg.psa_mask_size}
-    if cfg.head in ("fcn", "acf"):
-        return {"channels": cfg.channels}
-    return {}
-
-
-def build_from_config(cfg: TrainSegConfig, num_classes: int, pretrained: str | None = None) -> Segmenter:
-    return build_segmenter(cfg.head, cfg.backbone, num_classes, pretrained=pretrained,
-                           contract_dilation=cfg.contract_dilation, multi_grid=cfg.multi_grid,
-                           patch_label_min_frac=cfg.patch_label_min_frac, focal_reduction=cfg.focal_reduction,
-                           **head_kwargs(cfg))
 
 
 class SegTrainSet(SeededTrainSet):
@@ -158,7 +81,6 @@ def val_grid(model: nn.Module, ds: SegDataset, *, base_size: int, num: int = 4, 
     ground truth (VOC colours), ``tile`` pixels square; (rows * tile, 3 * tile, 3) uint8."""
     import cv2
 
-    from wsss.seg.predict import segment
     from wsss.viz import colorize_mask
 
     was_training = model.training
@@ -181,8 +103,6 @@ def val_grid(model: nn.Module, ds: SegDataset, *, base_size: int, num: int = 4, 
 def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
     ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
-    from wsss.seg.predict import evaluate_segmenter
-
     out = Path(cfg.out)
     if cfg.psa_mask_size % 2 == 0:
         raise ConfigError(f"psa_mask_size must be odd, got {cfg.psa_mask_size}")

@@ -1,0 +1,67 @@
+"""Settings of ``wsss train-seg`` (:class:`TrainSegConfig`), read by training, the model builders and ``wsss predict``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wsss.data import DataConfig
+
+CLASS_NAMES_FILE = "class_names.txt"
+
+
+@dataclass
+class TrainSegConfig:
+    """Settings of ``wsss train-seg``.
+
+    data: training images; ``data.masks`` = the pseudo-mask folder (unset: ground truth).
+    val_split: split scored against ground truth (none: no validation).
+    head: ``pcaa``, ``acf``, ``psa``, ``fcn`` or ``deeplabv2``. backbone: dilated to output stride 8.
+    pretrained: local ImageNet weights of the backbone; none = from scratch.
+    channels: the head's width (512 in the papers). pool_sizes: PCAA's S per stacked module.
+    psa_mask_size: PSANet's attention window, odd (63 suits crop 512).
+    iterations: optimiser steps; the last epoch is cut short to end there.
+    batch_size: global batch, split over processes. crop: training crop side, pixels.
+    base_size: images are resized to fit (4 base_size, base_size), then by a ratio in scale_range.
+    val_every: score the val split every this many epochs (and always at the end).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    val_split: str | None = "val"
+    head: str = "pcaa"
+    backbone: str = "resnet101_v1c"
+    pretrained: str | None = None
+    # layer3 / layer4 dilations: True halves the first block's (mmseg's -d8 configs, what wsss did
+    # before this setting); the PCAA repository and semseg use False. multi_grid: layer4's per-block
+    # dilation multipliers (PCAA's ADE20K: [1, 2, 4], dilations 4 / 8 / 16); none = off.
+    contract_dilation: bool = True
+    multi_grid: tuple[int, ...] | None = None
+    # PCAA's loss: a class is positive in a patch where it covers more than this fraction of it (0:
+    # the paper's Eq. 4, any pixel; the official code: 0.01); stacked modules' focal terms "sum"
+    # (Eq. 10) or "mean" (the official code)
+    patch_label_min_frac: float = 0.0
+    focal_reduction: str = "sum"
+    channels: int = 512
+    pool_sizes: tuple[int, ...] = (4,)
+    psa_mask_size: int = 63
+    iterations: int = 20000
+    batch_size: int = 16
+    crop: int = 512
+    base_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    photometric: bool = True
+    lr: float = 0.01
+    head_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    sync_bn: bool = True
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    out: str = "runs/seg"
+    save_every: int = 0
+    log_every: int = 20
+    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
+    # training setting: a resumed run may switch it.
+    tensorboard: bool = False
+    val_every: int = 1
