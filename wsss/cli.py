@@ -91,6 +91,15 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of whole numbers", param_hint=option)
 
 
+def _float_list(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=option)
+
+
 class WsssGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["wsss.argv"] = list(args)  # for the command that continues an interrupted stage
@@ -496,6 +505,14 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--multi-grid", default=None, help="layer4's per-block dilation multipliers, e.g. 1,2,4 (PCAA's ADE20K: dilations 4 / 8 / 16) [default: none].")
 @click.option("--patch-label-min-frac", type=click.FloatRange(0, 1, max_open=True), default=None, help="pcaa: a class is positive in a patch where it covers more than this fraction of it (PCAA's code: 0.01; Eq. 4: 0) [default: 0].")
 @click.option("--focal-reduction", type=click.Choice(["sum", "mean"]), default=None, help="pcaa: stacked modules' focal terms summed (Eq. 10) or averaged (PCAA's code) [default: sum].")
+@click.option("--psa-outside", type=click.Choice(["excluded", "zero"]), default=None, help="psa: pairs beyond the attention window get no weight, or enter the softmax at 0 (semseg's) [default: excluded].")
+@click.option("--acf-center-channels", type=click.IntRange(1), default=None, help="acf: width of the class centres [default: channels / 2].")
+@click.option("--aux-weight", type=click.FloatRange(0), default=None, help="Weight of the auxiliary FCN head's loss; 0 = no auxiliary head (AD-CAM / IRN's DeepLab v2) [default: 0.4].")
+@click.option("--class-weights", default=None, help="Per-class cross-entropy weights, background first, comma-separated (ACFNet's class-balanced loss) [default: none].")
+@click.option("--ohem-thresh", type=click.FloatRange(0, 1), default=None, help="Online hard-pixel bootstrapping: train on pixels whose class probability is at most this (ACFNet: 0.7); 0 = off [default: 0].")
+@click.option("--ohem-min-kept", type=click.IntRange(0), default=None, help="With --ohem-thresh: at least this many hardest pixels per batch (ACFNet: 100000) [default: 100000].")
+@click.option("--head-lr-mult", type=click.FloatRange(0, min_open=True), default=None, help="Heads' learning rate as a multiple of --lr (semseg's PSANet: 10) [default: 1].")
+@click.option("--keep-best", type=click.IntRange(0), default=None, help="Keep the weights of the best val mIoU among the evaluations in the last this many iterations (PCAA's code: 10000); the last ones go to last.safetensors; 0 = keep the last [default: 0].")
 @click.option("--iterations", type=click.IntRange(1), default=None, help="Optimiser steps [default: 20000].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
@@ -510,7 +527,8 @@ def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone,
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
 def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks, val_split, head, backbone, pretrained,
-                  contract_dilation, multi_grid, patch_label_min_frac, focal_reduction, iterations,
+                  contract_dilation, multi_grid, patch_label_min_frac, focal_reduction, psa_outside, acf_center_channels,
+                  aux_weight, class_weights, ohem_thresh, ohem_min_kept, head_lr_mult, keep_best, iterations,
                   batch_size, crop, lr, workers, device, seed, out, channels, base_size, val_every, resume, overwrite, tensorboard) -> None:
     """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
 
@@ -523,6 +541,9 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
         "val_split": val_split, "head": head, "backbone": backbone, "pretrained": pretrained,
         "contract_dilation": contract_dilation, "multi_grid": _int_list(multi_grid, "--multi-grid"),
         "patch_label_min_frac": patch_label_min_frac, "focal_reduction": focal_reduction,
+        "psa_outside": psa_outside, "acf_center_channels": acf_center_channels, "aux_weight": aux_weight,
+        "class_weights": _float_list(class_weights, "--class-weights"), "ohem_thresh": ohem_thresh,
+        "ohem_min_kept": ohem_min_kept, "head_lr_mult": head_lr_mult, "keep_best": keep_best,
         "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "workers": workers,
         "device": device, "seed": seed, "channels": channels, "base_size": base_size, "val_every": val_every, "out": out,
         "tensorboard": tensorboard,

@@ -270,6 +270,7 @@ def train_loop(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    finish: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """Train ``model`` until the configured number of steps, then write
     ``done.json`` (steps, weights path, the last val figures); returns the last
@@ -282,7 +283,9 @@ def train_loop(
     epoch end (``final`` on the last) and returns val figures, or {} to skip. Logged values are averaged over
     processes; a loss whose terms are already each process's share of a global
     sum returns them multiplied by the process count. ``config`` (a dataclass) is written to
-    ``config.yaml`` on a fresh start and compared on ``--resume``.
+    ``config.yaml`` on a fresh start and compared on ``--resume``. ``finish()`` runs on the main
+    process after the last step, before ``done.json`` is written (so a run interrupted in it is
+    not marked done); what it returns is added to ``done.json``.
 
     Nothing finished is overwritten implicitly: without ``resume`` or ``overwrite``, an ``out``
     holding a finished run (``done.json``) or a partial one (``resume.pt``) is refused with the
@@ -424,5 +427,7 @@ def train_loop(
     if main_proc:
         final = {"steps": step, "weights": str(out / s.weights_name)}
         final.update({k: v for k, v in last_record.items() if k.startswith("val_")})
+        if finish is not None:
+            final.update(finish())
         write_json(out / "done.json", final)
     return last_record

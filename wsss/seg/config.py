@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from wsss.data import DataConfig
 
@@ -42,6 +43,21 @@ class TrainSegConfig:
     channels: int = 512
     pool_sizes: tuple[int, ...] = (4,)
     psa_mask_size: int = 63
+    # PSANet, pairs beyond the attention window (maps larger than the window): "excluded" from the
+    # softmax, or "zero", semseg's (they enter it with score 0)
+    psa_outside: Literal["excluded", "zero"] = "excluded"
+    # ACFNet's class-centre width C' (none: channels // 2; the paper's Cityscapes preset: 512)
+    acf_center_channels: int | None = None
+    # weight of the auxiliary FCN head's loss on layer3 (0.4 in PCAA, ACFNet, PSANet); 0 builds no
+    # auxiliary head (the DeepLab v2 of AD-CAM and IRN)
+    aux_weight: float = 0.4
+    # per-class cross-entropy weights, background first (ACFNet's class-balanced loss); none = plain
+    class_weights: tuple[float, ...] | None = None
+    # online bootstrapping of hard pixels (ACFNet Sec. 4.3: 0.7 and 100,000): the cross entropies
+    # average over pixels whose probability of their class is at most ohem_thresh, at least
+    # ohem_min_kept of them per process's batch; 0 = off
+    ohem_thresh: float = 0.0
+    ohem_min_kept: int = 100000
     iterations: int = 20000
     batch_size: int = 16
     crop: int = 512
@@ -65,3 +81,7 @@ class TrainSegConfig:
     # training setting: a resumed run may switch it.
     tensorboard: bool = False
     val_every: int = 1
+    # Keep the weights of the best val mIoU among the evaluations in the last this many iterations
+    # (PCAA's code: the best of the last 10k) as model.safetensors, the last ones as
+    # last.safetensors; 0 = the last weights. Needs val_split.
+    keep_best: int = 0

@@ -307,7 +307,11 @@ class ACFHead(_Head):
     3x3 conv to ``channels`` (512, Sec. 4.1) = the base feature map, coarse
     classifier, ACF module, concat with the base features, 1x1 conv block and the
     fine classifier. Loss weights coarse 0.6, fine 0.7 (Sec. 4.2; aux 0.4 is the
-    segmenter's)."""
+    segmenter's).
+
+    ``center_channels``: C', the width of the class centres (Eq. 1's channel reduction); default
+    ``channels // 2``. Sec. 4.1 sets the module's input and output to 512 and leaves C' open;
+    the Cityscapes preset uses 512 (``configs/cityscapes_acf_r101.yaml``)."""
 
     dense_outputs = ("coarse",)
     loss_weights = {"seg": 0.7, "coarse": 0.6}
@@ -336,13 +340,27 @@ class ACFHead(_Head):
         return {"logits": self.cls(y), "coarse": coarse}
 
 
+PSA_OUTSIDE = ("excluded", "zero")
+
+
 class PSABranch(nn.Module):
     """One PSANet branch (Sec. 3.3): 1x1 reduce + BN + ReLU, shrink, 1x1 adapt +
     BN + ReLU, 1x1 to the ``hm * wm`` mask channels, :func:`psamask`, softmax,
-    aggregation of the reduced features (Eq. 8)."""
+    aggregation of the reduced features (Eq. 8).
 
-    def __init__(self, in_channels: int, channels: int, mask_size: tuple[int, int], mode: str, shrink: int) -> None:
+    ``outside``: the pairs beyond the mask window (only when the map is larger than the window,
+    e.g. whole-image inference on a map bigger than the training crop's): ``excluded`` gives them
+    no weight in the softmax (the default); ``zero`` lets them in with score 0, as semseg's
+    PSANet does (its psamask leaves them 0 before the softmax)."""
+
+    def __init__(
+        self, in_channels: int, channels: int, mask_size: tuple[int, int], mode: str, shrink: int,
+        outside: str = "excluded",
+    ) -> None:
         super().__init__()
+        if outside not in PSA_OUTSIDE:
+            raise ValueError(f"outside must be one of {', '.join(PSA_OUTSIDE)}, got {outside!r}")
+        self.fill = float("-inf") if outside == "excluded" else 0.0
         self.mode = mode
         self.mask_size = mask_size
         self.shrink = shrink
@@ -359,8 +377,8 @@ class PSABranch(nn.Module):
             size = ((height - 1) // self.shrink + 1, (width - 1) // self.shrink + 1)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
         b, c, height, width = x.shape
-        # -inf: pairs outside a (smaller than over-complete) window get no weight.
-        a = psamask(self.attention(x), self.mode, mask_size=self.mask_size, fill=float("-inf"))
+        # -inf: pairs outside a (smaller than over-complete) window get no weight; 0: semseg's.
+        a = psamask(self.attention(x), self.mode, mask_size=self.mask_size, fill=self.fill)
         # Eq. 8's 1/N: a softmax over the positions each output aggregates from.
         a = torch.softmax(a, dim=1)
         return (x.flatten(2) @ a).view(b, c, height, width)
@@ -372,10 +390,12 @@ class PSAModule(nn.Module):
     input size. Returns the context map only; the head concatenates it with
     the input."""
 
-    def __init__(self, in_channels: int, channels: int, mask_size: tuple[int, int], shrink: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, mask_size: tuple[int, int], shrink: int = 2, outside: str = "excluded",
+    ) -> None:
         super().__init__()
-        self.collect = PSABranch(in_channels, channels, mask_size, "collect", shrink)
-        self.distribute = PSABranch(in_channels, channels, mask_size, "distribute", shrink)
+        self.collect = PSABranch(in_channels, channels, mask_size, "collect", shrink, outside)
+        self.distribute = PSABranch(in_channels, channels, mask_size, "distribute", shrink, outside)
         self.project = conv_bn_relu(2 * channels, in_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -394,8 +414,8 @@ class PSAHead(_Head):
     ``mask_size`` is fixed when the model is built, since it sets the number of
     mask channels: PSANet uses the over-complete size of the training crop's
     shrunken map, 63 for a 512 crop (stride 8 -> 64, shrink 2 -> 32, 2*32 - 1),
-    95 for 768. On larger maps pairs beyond the window get no attention; on
-    smaller ones the unused part of the mask is ignored. Only over-complete
+    95 for 768. On larger maps pairs beyond the window get no attention (``outside="zero"``:
+    a score of 0, semseg's behaviour); on smaller ones the unused part of the mask is ignored. Only over-complete
     masks are implemented (PSANet's "compact" ablation is not).
     """
 
@@ -408,10 +428,11 @@ class PSAHead(_Head):
         mask_size: int | tuple[int, int] = 63,
         shrink: int = 2,
         dropout: float = 0.1,
+        outside: str = "excluded",
     ) -> None:
         super().__init__()
         mask_size = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(mask_size)
-        self.psa = PSAModule(in_channels, channels, mask_size, shrink)
+        self.psa = PSAModule(in_channels, channels, mask_size, shrink, outside)
         self.fuse = conv_bn_relu(2 * in_channels, channels, 3)
         self.cls = classifier(channels, num_classes, dropout)
 

@@ -47,6 +47,12 @@ class Segmenter(nn.Module):
             Eq. 4 (any pixel); the official code uses 0.01.
         focal_reduction: how the focal terms of stacked PCAA modules combine: ``sum`` (the paper's
             Eq. 10, the default) or ``mean`` (the official code).
+        class_weights: per-class weights of every cross-entropy term (ACFNet's "class-balanced
+            cross entropy", Sec. 3.3); None = unweighted (PCAA, PSANet, FCN, DeepLab).
+        ohem_thresh / ohem_min_kept: online bootstrapping of hard pixels (ACFNet Sec. 4.3:
+            theta 0.7, K 100,000; mmseg's ``OHEMPixelSampler``): the cross entropies average over
+            the labelled pixels whose softmax probability of their class is at most ``ohem_thresh``,
+            and over at least the ``ohem_min_kept`` hardest ones; 0 = off (every labelled pixel).
     """
 
     def __init__(
@@ -59,8 +65,23 @@ class Segmenter(nn.Module):
         ignore_index: int = IGNORE_INDEX,
         patch_label_min_frac: float = 0.0,
         focal_reduction: str = "sum",
+        class_weights: Sequence[float] | None = None,
+        ohem_thresh: float = 0.0,
+        ohem_min_kept: int = 100000,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ohem_thresh <= 1.0:
+            raise ValueError(f"ohem_thresh must be in [0, 1] (0 = off; ACFNet: 0.7), got {ohem_thresh}")
+        if ohem_min_kept < 0:
+            raise ValueError(f"ohem_min_kept must be >= 0, got {ohem_min_kept}")
+        if class_weights is not None and (len(class_weights) == 0 or min(class_weights) < 0):
+            raise ValueError(f"class_weights must be one non-negative weight per class, got {list(class_weights)}")
+        self.ohem_thresh = ohem_thresh
+        self.ohem_min_kept = ohem_min_kept
+        self.register_buffer(
+            "class_weights", None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32),
+            persistent=False,
+        )
         if focal_reduction not in ("sum", "mean"):
             raise ValueError(f"focal_reduction must be 'sum' (PCAA Eq. 10) or 'mean' (its code), got {focal_reduction!r}")
         if not 0.0 <= patch_label_min_frac < 1.0:
@@ -101,8 +122,8 @@ class Segmenter(nn.Module):
 
         Terms (unweighted; ``loss`` is their sum weighted by :attr:`loss_weights`):
         ``seg`` cross entropy of ``out``; ``aux`` of ``aux``; ``coarse`` of ACF's
-        coarse logits (ACFNet Eq. 4: fine 0.7, coarse 0.6, aux 0.4; plain, not
-        class-balanced, cross entropy); ``focal``: PCAA's focal loss (gamma 2) on
+        coarse logits (ACFNet Eq. 4: fine 0.7, coarse 0.6, aux 0.4; class-balanced with
+        ``class_weights``, bootstrapped with ``ohem_thresh``); ``focal``: PCAA's focal loss (gamma 2) on
         the sigmoid patch scores against :func:`patch_labels`, summed over the
         stacked modules (PCAA Eq. 10: 1, 0.4, 1; ``focal_reduction="mean"`` averages them).
         """
@@ -112,11 +133,17 @@ class Segmenter(nn.Module):
                 "give the labels of the input crop, at its size"
             )
         weights = self.loss_weights
-        terms = {"seg": cross_entropy(outputs["out"], target, self.ignore_index)}
+        if self.class_weights is not None and self.class_weights.numel() != outputs["out"].shape[1]:
+            raise ValueError(
+                f"class_weights has {self.class_weights.numel()} entries but the model predicts "
+                f"{outputs['out'].shape[1]} classes: give one weight per class, background first"
+            )
+        ce = {"weight": self.class_weights, "ohem_thresh": self.ohem_thresh, "ohem_min_kept": self.ohem_min_kept}
+        terms = {"seg": cross_entropy(outputs["out"], target, self.ignore_index, **ce)}
         if "aux" in weights:
-            terms["aux"] = cross_entropy(outputs["aux"], target, self.ignore_index)
+            terms["aux"] = cross_entropy(outputs["aux"], target, self.ignore_index, **ce)
         if "coarse" in weights:
-            terms["coarse"] = cross_entropy(outputs["coarse"], target, self.ignore_index)
+            terms["coarse"] = cross_entropy(outputs["coarse"], target, self.ignore_index, **ce)
         if "focal" in weights:
             num_classes = outputs["out"].shape[1]
             focal = [
@@ -152,6 +179,9 @@ def build_segmenter(
     multi_grid: Sequence[int] | None = None,
     patch_label_min_frac: float = 0.0,
     focal_reduction: str = "sum",
+    class_weights: Sequence[float] | None = None,
+    ohem_thresh: float = 0.0,
+    ohem_min_kept: int = 100000,
     **head_kwargs,
 ) -> Segmenter:
     """Build ``backbone`` dilated to output stride 8 (:data:`wsss.models.SEG_OS8`),
@@ -164,6 +194,8 @@ def build_segmenter(
     ``contract_dilation`` / ``multi_grid``: layer3 / layer4 dilation details
     (:class:`wsss.models.resnet.ResNetBackbone`): mmseg's ``-d8`` configs halve the first block's
     dilation (the default); the PCAA repository and semseg keep it full (``contract_dilation=False``).
+    ``aux_weight`` 0 builds no auxiliary head (the DeepLab v2 that AD-CAM and IRN train on pseudo
+    labels has none). ``class_weights`` / ``ohem_*``: the cross entropy's (:class:`Segmenter`).
     """
     if head not in HEADS:
         close = difflib.get_close_matches(head, HEADS, n=1)
@@ -177,7 +209,7 @@ def build_segmenter(
     return Segmenter(
         backbone=net,
         head=HEADS[head](in_channels=channels["layer4"], num_classes=num_classes, **head_kwargs),
-        aux_head=FCNHead(
+        aux_head=None if aux_weight == 0 else FCNHead(
             in_channels=channels["layer3"],
             num_classes=num_classes,
             channels=channels["layer3"] // 4,
@@ -187,6 +219,9 @@ def build_segmenter(
         aux_weight=aux_weight,
         patch_label_min_frac=patch_label_min_frac,
         focal_reduction=focal_reduction,
+        class_weights=class_weights,
+        ohem_thresh=ohem_thresh,
+        ohem_min_kept=ohem_min_kept,
     )
 
 
@@ -238,10 +273,46 @@ def sigmoid_focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float 
     return ((1 - p_t) ** gamma * ce).mean()
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Mean pixel cross entropy over non-void pixels; 0 (not NaN) for an all-void batch."""
-    total = F.cross_entropy(logits, target.long(), ignore_index=ignore_index, reduction="sum")
-    return total / (target != ignore_index).sum().clamp(min=1)
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    *,
+    weight: torch.Tensor | None = None,
+    ohem_thresh: float = 0.0,
+    ohem_min_kept: int = 100000,
+) -> torch.Tensor:
+    """Mean pixel cross entropy over non-void pixels; 0 (not NaN) for an all-void batch.
+
+    ``weight``: per-class weights; the mean is then weighted (divided by the summed weights of
+    the pixels' classes, as ``torch.nn.CrossEntropyLoss(weight=...)``). ``ohem_thresh`` > 0:
+    only the hard pixels of the batch count, those whose probability of their class is at most
+    ``max(ohem_thresh, p_k)``, ``p_k`` the ``ohem_min_kept``-th smallest such probability (all
+    of them when fewer pixels are labelled), as the ``OhemCrossEntropy2d`` of the CCNet / OCNet
+    code that ACFNet's online bootstrapping follows.
+    """
+    target = target.long()
+    valid = target != ignore_index
+    if ohem_thresh > 0:
+        with torch.no_grad():
+            safe = torch.where(valid, target, 0)
+            prob = torch.softmax(logits.float(), dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
+            prob = prob[valid]
+            if prob.numel() > 0:
+                keep_below = torch.tensor(ohem_thresh, device=prob.device)
+                if ohem_min_kept > 0:
+                    k = min(ohem_min_kept, prob.numel())
+                    keep_below = torch.maximum(keep_below, prob.kthvalue(k).values)
+                hard = torch.zeros_like(valid)
+                hard[valid] = prob <= keep_below
+                valid = hard
+        target = torch.where(valid, target, ignore_index)
+    if weight is None:
+        total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+        return total / valid.sum().clamp(min=1)
+    weight = weight.to(logits.device, logits.dtype)
+    total = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    return total / weight[target[valid]].sum().clamp(min=1e-12)
 
 
 def _upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -265,8 +336,10 @@ def head_kwargs(cfg: TrainSegConfig) -> dict:
     if cfg.head == "pcaa":
         return {"channels": cfg.channels, "pool_sizes": tuple(cfg.pool_sizes)}
     if cfg.head == "psa":
-        return {"channels": cfg.channels, "mask_size": cfg.psa_mask_size}
-    if cfg.head in ("fcn", "acf"):
+        return {"channels": cfg.channels, "mask_size": cfg.psa_mask_size, "outside": cfg.psa_outside}
+    if cfg.head == "acf":
+        return {"channels": cfg.channels, "center_channels": cfg.acf_center_channels}
+    if cfg.head == "fcn":
         return {"channels": cfg.channels}
     return {}
 
@@ -275,7 +348,8 @@ def build_from_config(cfg: TrainSegConfig, num_classes: int, pretrained: str | N
     return build_segmenter(cfg.head, cfg.backbone, num_classes, pretrained=pretrained,
                            contract_dilation=cfg.contract_dilation, multi_grid=cfg.multi_grid,
                            patch_label_min_frac=cfg.patch_label_min_frac, focal_reduction=cfg.focal_reduction,
-                           **head_kwargs(cfg))
+                           aux_weight=cfg.aux_weight, class_weights=cfg.class_weights, ohem_thresh=cfg.ohem_thresh,
+                           ohem_min_kept=cfg.ohem_min_kept, **head_kwargs(cfg))
 
 
 def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cpu"):

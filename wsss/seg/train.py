@@ -22,6 +22,9 @@ train like one with the whole batch.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.syncbn import convert_sync_batchnorm
 from wsss.engine.loop import LoopSettings, SeededTrainSet, check_fresh_output, make_optimizer, train_loop
-from wsss.io import WsssDataError, read_image, write_text
+from wsss.io import WsssDataError, read_image, write_json, write_text
 from wsss.metrics import collapse_warning
 from wsss.seg.config import CLASS_NAMES_FILE, TrainSegConfig
 from wsss.seg.inference import evaluate_segmenter, segment
@@ -65,6 +68,41 @@ class SegTrainSet(SeededTrainSet):
             crop=self.cfg.crop, photometric=self.cfg.photometric,
         )
         return torch.from_numpy(x), torch.from_numpy(y)
+
+
+BEST_WEIGHTS = "best.safetensors"
+BEST_RECORD = "best.json"
+LAST_WEIGHTS = "last.safetensors"
+
+
+class BestWeights:
+    """``keep_best``: the weights of the best val mIoU so far in ``out/best.safetensors`` with
+    ``out/best.json`` (step, mIoU), both written atomically, so a resumed run keeps comparing
+    with them. At the end (:meth:`install`) the last weights move to ``last.safetensors`` and
+    the best become ``model.safetensors``, the file ``wsss predict`` loads."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        record = out / BEST_RECORD
+        self.record = json.loads(record.read_text()) if record.is_file() else None
+
+    def offer(self, step: int, miou: float, model: nn.Module) -> None:
+        if self.record is not None and miou <= self.record["val_mIoU"]:
+            return
+        self.record = {"step": step, "val_mIoU": miou}
+        if dist.is_main():
+            ckpt.save_weights(model, self.out / BEST_WEIGHTS)
+            write_json(self.out / BEST_RECORD, self.record)
+
+    def install(self) -> dict:
+        if self.record is None:
+            return {}
+        weights = self.out / ckpt.WEIGHTS_NAME
+        os.replace(weights, self.out / LAST_WEIGHTS)
+        shutil.copyfile(self.out / BEST_WEIGHTS, self.out / (ckpt.WEIGHTS_NAME + ".tmp"))
+        os.replace(self.out / (ckpt.WEIGHTS_NAME + ".tmp"), weights)
+        return {"best_step": self.record["step"], "best_val_mIoU": self.record["val_mIoU"],
+                "last_weights": str(self.out / LAST_WEIGHTS)}
 
 
 def _check_masks(ds: SegDataset, what: str) -> None:
@@ -106,6 +144,10 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
     out = Path(cfg.out)
     if cfg.psa_mask_size % 2 == 0:
         raise ConfigError(f"psa_mask_size must be odd, got {cfg.psa_mask_size}")
+    if cfg.keep_best and not cfg.val_split:
+        raise ConfigError("keep_best chooses the weights by val mIoU: set val_split, or keep_best: 0")
+    if cfg.keep_best < 0:
+        raise ConfigError(f"keep_best must be >= 0 iterations (0 = keep the last weights), got {cfg.keep_best}")
     device = dist.init_distributed(cfg.device)
     train_ds = build_dataset(cfg.data)
     if cfg.data.masks:
@@ -127,13 +169,16 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
     optimizer = make_optimizer("sgd", specs, momentum=cfg.momentum)
 
     world = dist.world_size()
+    # With OHEM or class weights each process's cross entropy is the mean over its own batch's kept
+    # (weighted) pixels, as the reference code computes it per GPU; DDP then averages the processes.
+    per_process_mean = cfg.ohem_thresh > 0 or cfg.class_weights is not None
 
     def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
         x, y = batch
         outputs = net(x)
         outputs = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in outputs.items()}
         terms = model.loss(outputs, y)
-        if world == 1:
+        if world == 1 or per_process_mean:
             return terms
         # Cross entropy averages over each process's labelled pixels, and DDP then averages over
         # processes; reweight so the gradient is the mean over the global batch's labelled pixels.
@@ -154,6 +199,9 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
         if warning and dist.is_main():
             tqdm.write(f"train-seg epoch {epoch}: {warning}")
         figures = {"mIoU": 100 * metrics.miou, "FP": 100 * metrics.mean_fp, "FN": 100 * metrics.mean_fn}
+        step = min((epoch + 1) * steps_per_epoch, cfg.iterations)
+        if cfg.keep_best and step > cfg.iterations - cfg.keep_best:
+            best.offer(step, figures["mIoU"], model)
         if cfg.tensorboard and dist.is_main():
             figures["predictions"] = val_grid(model, val_ds, base_size=cfg.base_size)
         return figures
@@ -165,16 +213,24 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
     )
     if not resume:
         check_fresh_output(out, "train-seg", overwrite)
+        if dist.is_main():
+            for name in (BEST_WEIGHTS, BEST_RECORD, LAST_WEIGHTS):
+                (out / name).unlink(missing_ok=True)
+    best = BestWeights(out)
     if dist.is_main():
         write_text(out / CLASS_NAMES_FILE, "\n".join(train_ds.class_names))
     last = train_loop(
         model=model, optimizer=optimizer, train_set=SegTrainSet(train_ds, cfg), config=cfg, settings=settings,
         device=device, loss_fn=loss_fn, evaluate=evaluate, resume=resume, overwrite=overwrite, progress=progress,
+        finish=best.install if cfg.keep_best else None,
     )
     if last is not None and dist.is_main():
         msg = f"train-seg done: weights {out / ckpt.WEIGHTS_NAME}"
         if "val_mIoU" in last:
             msg += f", val mIoU {last['val_mIoU']:.2f} (single scale)"
+        if best.record is not None and cfg.keep_best:
+            msg += (f"; kept the best of the last {cfg.keep_best} iterations: step {best.record['step']}, "
+                    f"val mIoU {best.record['val_mIoU']:.2f} (last weights: {out / LAST_WEIGHTS})")
         from wsss.config import data_options, shell_command
 
         split = cfg.val_split or cfg.data.split
