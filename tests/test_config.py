@@ -56,9 +56,12 @@ def test_every_shipped_config_loads():
 
     from wsss.cls.train import TrainClsConfig
     from wsss.config import load_config, read_yaml
+    from wsss.evaluate import EvalConfig
+    from wsss.seg.predict import PredictConfig
     from wsss.seg.train import TrainSegConfig
 
-    sections = {"train_cls": TrainClsConfig, "train_seg": TrainSegConfig}
+    sections = {"train_cls": TrainClsConfig, "train_seg": TrainSegConfig, "predict": PredictConfig,
+                "eval": EvalConfig}
     files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert files
     for path in files:
