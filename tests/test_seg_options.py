@@ -160,7 +160,7 @@ def test_keep_best_installs_the_best_val_weights_and_keeps_the_last(toy_root, tm
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r["val_mIoU"]) for r in records if "val_mIoU" in r]
     assert [s for s, _ in evals] == [12, 24]
-    best_step, best_miou = max(evals, key=lambda e: (e[1], -e[0]))  # the first of equal scores
+    best_step, best_miou = max(evals, key=lambda e: (e[1], e[0]))  # the last of equal scores, as PCAA's code
     done = json.loads((out / "done.json").read_text())
     assert done["best_step"] == best_step and done["best_val_mIoU"] == pytest.approx(best_miou)
     model, best, last = (load_file(str(out / name)) for name in ("model.safetensors", "best.safetensors",
@@ -169,7 +169,7 @@ def test_keep_best_installs_the_best_val_weights_and_keeps_the_last(toy_root, tm
     for k in model:
         assert torch.equal(model[k], best[k]) and torch.equal(last[k], final[k].contiguous())
     # a window inside the last epoch compares only the final evaluation: the best is the last
-    out2 = train_seg(_cfg(toy_root, tmp_path / "window", keep_best=5), progress=False)
+    out2 = train_seg(_cfg(toy_root, tmp_path / "window", keep_best=11), progress=False)
     done2 = json.loads((out2 / "done.json").read_text())
     assert done2["best_step"] == 24
     a, b = load_file(str(out2 / "model.safetensors")), load_file(str(out2 / "last.safetensors"))

@@ -551,6 +551,52 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
     train_seg(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
 
+@main.command("convert-weights")
+@click.option("--from", "source", type=click.Choice(["pcaa"]), required=True, help="Format of CKPT: pcaa = a checkpoint of the official PCAA code (lsa1997/PCAA).")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, help="Folder for the wsss segmentation run (config.yaml, class_names.txt, model.safetensors).")
+@click.option("--data-kind", type=click.Choice(["cityscapes", "ade20k", "pascal_context", "voc", "coco"]), default=None, help="Dataset the checkpoint was trained on: gives the class names [default: from the class count, 19 cityscapes / 150 ade20k / 59 pascal_context].")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Class-names file, one per line in the checkpoint's order (instead of --data-kind).")
+@click.option("--multi-grid", default=None, help="layer4 multipliers the checkpoint was trained with (PCAA's ADE20K: 1,2,4) [default: none].")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Sliding-window size predict uses [default: 768 cityscapes, else 512].")
+@click.option("--base-size", type=click.IntRange(16), default=None, help="Resize base predict uses [default: 1024 cityscapes, else 512].")
+@click.option("--strict/--no-strict", default=True, help="Refuse a checkpoint whose converted keys or shapes do not match [default: strict].")
+def convert_weights_cmd(source, checkpoint, out, data_kind, classes_file, multi_grid, crop, base_size, strict) -> None:
+    """Turn an official checkpoint into a wsss run that wsss predict loads."""
+    from wsss.data import DataConfig
+    from wsss.seg.convert import convert_pcaa, pcaa_network_settings, read_pcaa_checkpoint
+
+    names_of = _class_names_by_kind()
+    if classes_file is not None:
+        names = [n for n in classes_file.read_text().splitlines() if n.strip()]
+    else:
+        if data_kind is None:
+            count = pcaa_network_settings(read_pcaa_checkpoint(checkpoint))["num_classes"]
+            matches = [k for k, v in names_of.items() if len(v) == count]
+            if len(matches) != 1:
+                raise click.UsageError(f"the checkpoint predicts {count} classes: say which dataset with --data-kind, "
+                                       "or give --classes")
+            data_kind = matches[0]
+        names = names_of[data_kind]
+    city = data_kind == "cityscapes"
+    result = convert_pcaa(
+        checkpoint, out, class_names=names, data=DataConfig(kind=data_kind) if data_kind else None,
+        multi_grid=_int_list(multi_grid, "--multi-grid"), crop=crop or (768 if city else 512),
+        base_size=base_size or (1024 if city else 512), strict=strict,
+    )
+    click.echo(f"converted {checkpoint} to {result}. Next: wsss predict --seg-dir {result} --data-kind "
+               f"{data_kind or '<kind>'} --data-root <dataset> --split val --out {result}_val")
+
+
+def _class_names_by_kind() -> dict[str, list[str]]:
+    from wsss.data.coco import COCO_CLASSES
+    from wsss.data.scenes import ADE20K_CLASSES, CITYSCAPES_CLASSES, PASCAL_CONTEXT59_CLASSES
+    from wsss.data.voc import VOC_CLASSES
+
+    return {"cityscapes": list(CITYSCAPES_CLASSES), "ade20k": list(ADE20K_CLASSES),
+            "pascal_context": list(PASCAL_CONTEXT59_CLASSES), "voc": list(VOC_CLASSES), "coco": list(COCO_CLASSES)}
+
+
 @main.command("predict")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its predict section.")
 @click.option("--seg-dir", default=None, help="train-seg output folder (config.yaml + model.safetensors).")

@@ -87,7 +87,8 @@ class BestWeights:
         self.record = json.loads(record.read_text()) if record.is_file() else None
 
     def offer(self, step: int, miou: float, model: nn.Module) -> None:
-        if self.record is not None and miou <= self.record["val_mIoU"]:
+        # ">=": a later evaluation with an equal score replaces the earlier one, as PCAA's code does
+        if self.record is not None and miou < self.record["val_mIoU"]:
             return
         self.record = {"step": step, "val_mIoU": miou}
         if dist.is_main():
@@ -200,7 +201,7 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
             tqdm.write(f"train-seg epoch {epoch}: {warning}")
         figures = {"mIoU": 100 * metrics.miou, "FP": 100 * metrics.mean_fp, "FN": 100 * metrics.mean_fn}
         step = min((epoch + 1) * steps_per_epoch, cfg.iterations)
-        if cfg.keep_best and step > cfg.iterations - cfg.keep_best:
+        if cfg.keep_best and step >= cfg.iterations - cfg.keep_best:  # PCAA: from step N - 10k on
             best.offer(step, figures["mIoU"], model)
         if cfg.tensorboard and dist.is_main():
             figures["predictions"] = val_grid(model, val_ds, base_size=cfg.base_size)
