@@ -330,3 +330,59 @@ def test_renormalised_rows_change_which_neighbours_adcam_keeps():
                                                          coneighbor_similarity(A), 3), 2).reshape(B, K, h, w)
     torch.testing.assert_close(adcam_maps(cam, blocks, k=3), ref, rtol=0, atol=1e-14)
     assert not torch.allclose(raw, ref)
+
+
+def test_large_maps_take_the_banded_eq6_and_gathered_eq7_paths_to_the_same_result():
+    """From 1,024 tokens Eq. 6 is computed in symmetric bands (issue #16's speed-up) and Eq. 7 on
+    the kept entries only: equal to the plain product and to mask-then-normalise."""
+    from wsss.cam.adcam import _SYMMETRIC_FROM
+
+    g = torch.Generator().manual_seed(0)
+    n = _SYMMETRIC_FROM + 77
+    A = torch.rand(2, n, n, generator=g, dtype=torch.float64) ** 4
+    A /= A.sum(-1, keepdim=True)
+    S = coneighbor_similarity(A)
+    R = A.sqrt()
+    torch.testing.assert_close(S, R @ R.transpose(1, 2), rtol=1e-12, atol=1e-14)
+    assert torch.equal(S, S.transpose(1, 2))
+    k = 50
+    mask = torch.zeros_like(A).scatter_(-1, S.topk(k, dim=-1).indices, 1.0)
+    expected = mask * A
+    expected /= expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(refine_attention(A, S, k=k), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_adcam_extraction_equals_the_whole_matrix_computation(monkeypatch):
+    """AD-CAM through the extraction method (chunked attention without autograd, banded Eq. 6,
+    gathered Eq. 7) equals the whole-matrix computation it replaced to 1e-5: every block's full
+    (B, heads, N, N) softmax (the autograd path), the plain product sqrt(A) sqrt(A)^T and
+    mask-then-normalise."""
+    import wsss.cam.adcam as adcam_module
+    from wsss.cam.extract import CAM_METHODS, ExtractCamConfig
+    from wsss.cls.models import build_classifier
+    from wsss.models.conformer import Attention
+
+    torch.manual_seed(0)
+    # float64: the random network's attention is nearly uniform, so in float32 the k-th and
+    # (k+1)-th co-neighbours of a row can differ by less than the round-off of either computation
+    model = build_classifier("conformer_tiny", 5).eval().double()
+    x = torch.randn(2, 3, 160, 224, dtype=torch.float64)  # 10 x 14 tokens
+    cfg = ExtractCamConfig(method="adcam", topk=8)
+    monkeypatch.setattr(Attention, "CHUNK_ELEMENTS", {"cpu": 1})  # 16-row chunks
+    monkeypatch.setattr(adcam_module, "_SYMMETRIC_FROM", 16)  # banded Eq. 6 at this size too
+    with torch.no_grad():
+        fast = CAM_METHODS["adcam"](model, x, cfg)
+    feats = model.net.forward_features(x, return_attn=True)  # autograd on: whole matrices
+    cam = torch.relu(torch.nn.functional.conv2d(feats.cnn, model.net.conv_cls_head.weight[:, :, None, None]))
+    with torch.no_grad():
+        A = torch.stack([a.detach() for a in feats.attn]).mean(0)[:, 1:, 1:]
+        A = A / A.sum(-1, keepdim=True)
+        R = A.sqrt()
+        S = R @ R.transpose(1, 2)
+        mask = torch.zeros_like(A).scatter_(-1, S.topk(8, dim=-1).indices, 1.0)
+        P = mask * A
+        P = P / P.sum(-1, keepdim=True)
+        m = cam.detach().flatten(2)
+        for _ in range(cfg.steps):
+            m = m @ P
+    torch.testing.assert_close(fast, m.reshape(fast.shape), rtol=1e-9, atol=1e-9)

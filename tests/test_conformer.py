@@ -253,6 +253,30 @@ def test_return_attn(drop_last_block):
     torch.testing.assert_close(grad_mean.detach(), mean.attn[0], rtol=1e-6, atol=1e-7)
 
 
+def test_attention_in_chunks_equals_the_whole_explicit_attention(monkeypatch):
+    """Without autograd the map and output come from query-row chunks (AD-CAM's extraction, issue
+    #16); with it, from the whole (B, heads, N, N) softmax. Both are the same arithmetic."""
+    from wsss.models.conformer import Attention
+
+    torch.manual_seed(0)
+    model = randomise(conformer_tiny(num_classes=4, drop_last_block=True)).eval()
+    x = torch.randn(2, 3, 96, 128)  # 6 x 8 = 48 tokens + cls: chunks of 16 rows -> 4 chunks
+    monkeypatch.setattr(Attention, "CHUNK_ELEMENTS", {"cpu": 1})
+    with torch.no_grad():
+        chunked = model.forward_features(x, return_attn=True)
+    whole = model.forward_features(x, return_attn=True)  # autograd on: the whole-tensor path
+    for a, b in zip(chunked.attn, whole.attn):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
+    for key in ("cnn", "cls", "tokens"):
+        torch.testing.assert_close(getattr(chunked, key), getattr(whole, key).detach(), rtol=1e-4, atol=1e-5)
+    attn = model.trans_1.attn
+    q, k, v = (torch.randn(2, attn.num_heads, 49, 8) for _ in range(3))
+    out, mean = attn._attention_in_chunks(q, k, v, "cpu")
+    heads = attn._attention(q, k, "cpu")
+    torch.testing.assert_close(out, heads @ v, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(mean, heads.mean(1), rtol=1e-6, atol=1e-7)
+
+
 def grads(model: Conformer, loss: torch.Tensor) -> dict[str, bool]:
     """Which parameters get a non-zero gradient from ``loss``."""
     model.zero_grad(set_to_none=True)

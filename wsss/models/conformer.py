@@ -183,9 +183,10 @@ class FCUUp(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with timm's parameter names.
 
-    The output always comes from ``F.scaled_dot_product_attention``; when the
-    attention map is asked for, it is recomputed beside it from the same q and
-    k, so asking for it never changes the output.
+    The output comes from ``F.scaled_dot_product_attention``, except when the
+    head-averaged attention map is asked for in eval mode: then map and output come
+    from the same explicit softmax, computed a block of query rows at a time
+    (:meth:`_attention_in_chunks`), and equal the fused output to float round-off.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0,
@@ -200,8 +201,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, N, D) -> (B, N, D) and, if asked, the (B, N, N) head-averaged map."""
+    def forward(self, x: torch.Tensor, return_attn: bool | torch.Tensor = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, N, D) -> (B, N, D) and, if asked, the (B, N, N) head-averaged map.
+
+        ``return_attn`` may be a (B, N, N) running sum instead of ``True``: without autograd the
+        map is then added into it chunk by chunk (no N x N map of this block's own) and the sum is
+        returned; with autograd the block's own map is returned and the caller adds it."""
+        acc = return_attn if torch.is_tensor(return_attn) else None
+        return_attn = acc is not None or bool(return_attn)
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         if not return_attn or (self.training and self.attn_drop > 0):
@@ -210,15 +218,49 @@ class Attention(nn.Module):
             attn = None
             if return_attn:
                 attn = self._attention(q, k, x.device.type).mean(dim=1)
-        else:
+        elif not torch.is_grad_enabled():
             # The maps are needed anyway: use them for the output too instead of a second,
             # fused attention pass (AD-CAM's extraction cost, benchmarks/bench_cam_methods.py).
+            out, attn = self._attention_in_chunks(q, k, v, x.device.type, acc)
+        else:  # the same, whole, where autograd needs it (the chunks write into preallocated tensors)
             heads = self._attention(q, k, x.device.type)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 out = (heads @ v.to(heads.dtype)).to(v.dtype)
             attn = heads.mean(dim=1)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
         return out, attn
+
+    # Elements of one chunk of per-head scores: about 16 MB of float32 on a CPU (the chunk stays in
+    # cache across the matmul, softmax, P @ V and head sum: 0.55x the time of the full (B, heads, N, N)
+    # tensor at N = 2,961, benchmarks/bench_cam_methods.py), 256 MB on a GPU (fewer, larger kernels).
+    CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
+
+    def _attention_in_chunks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device_type: str,
+                             acc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output and head-averaged map of explicit attention, a block of query rows at a time, so
+        the (B, heads, N, N) tensor of :meth:`_attention` is never held whole. Row by row it is the
+        same arithmetic (softmax over keys, then P @ V and the mean over heads). ``acc``: add the
+        map into this (B, N, N) tensor and return it, instead of a new one."""
+        b, heads, n, _ = q.shape
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        rows = max(16, self.CHUNK_ELEMENTS.get(device_type, 1 << 22) // max(1, b * heads * n))
+        with torch.autocast(device_type=device_type, enabled=False):
+            qs = q.to(dtype) * self.scale
+            kt = k.to(dtype).transpose(-2, -1).contiguous()
+            vv = v.to(dtype)
+            out = torch.empty(q.shape, dtype=dtype, device=q.device)
+            attn = torch.empty((b, n, n), dtype=dtype, device=q.device) if acc is None else acc
+            for start in range(0, n, rows):
+                stop = min(n, start + rows)
+                p = (qs[:, :, start:stop] @ kt).softmax(dim=-1)
+                torch.matmul(p, vv, out=out[:, :, start:stop])
+                if acc is None:
+                    torch.sum(p, dim=1, out=attn[:, start:stop])
+                else:
+                    attn[:, start:stop].add_(p.sum(dim=1), alpha=1.0 / heads)
+            if acc is None:
+                attn.div_(heads)
+        return out.to(v.dtype), attn
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, device_type: str) -> torch.Tensor:
         """Softmaxed attention per head, (B, heads, N, N), in at least float32: autocast would
@@ -240,7 +282,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, return_attn: bool | torch.Tensor = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, attn = self.attn(self.norm1(x), return_attn)
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -271,8 +314,8 @@ class ConvTransBlock(nn.Module):
         self.trans_block = Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
                                  drop_path_rate)
 
-    def forward(self, x: torch.Tensor, x_t: torch.Tensor, detach: bool = False, return_attn: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, x_t: torch.Tensor, detach: bool = False,
+                return_attn: bool | torch.Tensor = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x: (B, C_in, H, W), x_t: (B, 1 + N, D) -> x (B, C_out, H', W'),
         x_t (B, 1 + N, D), attention (B, 1 + N, 1 + N) or None.
 
@@ -438,11 +481,14 @@ class Conformer(nn.Module):
         x_t, attn = self.trans_1(x_t, want)
         attns = [attn]
         for block in self.conv_trans_blocks():
-            x, x_t, attn = block(x, x_t, detach=detach, return_attn=want)
-            if return_attn == "mean":  # a running sum: one N x N map in memory, not one per block
-                attns[0] += attn
-            else:
+            # "mean": a running sum, one N x N map in memory, not one per block; without autograd
+            # each block adds its map into it as it computes it
+            into = attns[0] if return_attn == "mean" and not torch.is_grad_enabled() else want
+            x, x_t, attn = block(x, x_t, detach=detach, return_attn=into)
+            if return_attn != "mean":
                 attns.append(attn)
+            elif attn is not attns[0]:
+                attns[0] += attn
         if return_attn == "mean":
             attns[0] /= self.num_transformer_blocks
 
