@@ -109,3 +109,12 @@ def test_seed_table(toy_root, tmp_path, capsys):
     out = run_script("seed_table.py", "--cls-dir", cls_dir, "--data-root", toy_root, "--split", "val",
                      "--scales", 1.0, "--ks", 5, "--ts", 1, capsys=capsys)
     assert "seed mIoU" in out
+
+
+def test_suite(capsys, tmp_path):
+    out = run_script("suite.py", "--device", "cpu", "--profile", "smoke", "--out", tmp_path / "suite.md", capsys=capsys)
+    table = (tmp_path / "suite.md").read_text()
+    assert table in out and "torch " in table
+    for row in ("extract-cam adcam", "random walk (stencil)", "random walk (IRN's dense)", "make-pseudo: IRNet boundary",
+                "train-irn", "train-seg | deeplabv2"):
+        assert row in table, row

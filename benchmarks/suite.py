@@ -1,0 +1,277 @@
+"""Every benchmark at its realistic size in one run, one Markdown table (issue #16).
+
+    python benchmarks/suite.py --device cuda            # VOC sizes; meant to finish within 8 min on one GPU
+    python benchmarks/suite.py --device cpu --profile quick   # the same rows, CPU-sized inputs
+    python benchmarks/suite.py --device cpu --profile smoke   # seconds: what the test suite runs
+
+Rows (random weights and inputs: speed does not depend on them):
+
+* extract-cam per image, 375 x 500, IRN's scales (1.0, 0.5, 1.5, 2.0) with flips: CAM and AD-CAM
+  of a Conformer-S/16 (AD-CAM's ratio to CAM in the last column; the paper's Table 2: 2.2), CAM
+  of IRN's ResNet-50 CAM net;
+* the random walk per image at 375 x 500 and 640 x 640 (its stride-4 grid, beta 10, 2^8 steps):
+  wsss's stencil walk and IRN's dense N x N form (on a GPU; on a CPU it needs GBs and minutes);
+* make-pseudo --refine irn per image, 375 x 500, 2 classes: IRNet boundary (ResNet-50, image +
+  flip), random walk, IRN's post-processing, IR labels (two dense CRFs, CPU);
+* training, seconds per step and images per second: train-cls Conformer-S/16 at crop 384 and
+  ResNet-50 at crop 512 (batch 16), train-irn ResNet-50 at crop 512 (batch 32), train-seg PCAA,
+  FCN and DeepLab v2 on ResNet-101 at crop 512 (batch 8), each in fp32 and with AMP (bf16) on a GPU;
+* the peak GPU memory of each row.
+
+Times are means over ``--repeat`` runs after one warm-up; everything runs in this one process,
+side by side, so ratios between rows are meaningful on a noisy machine.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PROFILES = {
+    # image size, walk sizes, classifier / IRNet / segmenter specs and crops, batch sizes, repeats
+    "full": dict(image=(375, 500), walks=[(375, 500), (640, 640)], conformer="conformer_s16", resnet="resnet50",
+                 seg_backbone="resnet101_v1c", cls_crop=384, r50_crop=512, irn_crop=512, seg_crop=512,
+                 cls_batch=16, irn_batch=32, seg_batch=8, images=4, repeat=3, dense_walk=True),
+    "quick": dict(image=(375, 500), walks=[(375, 500)], conformer="conformer_s16", resnet="resnet50",
+                  seg_backbone="resnet50_v1c", cls_crop=224, r50_crop=256, irn_crop=256, seg_crop=256,
+                  cls_batch=2, irn_batch=2, seg_batch=2, images=1, repeat=1, dense_walk=False),
+    "smoke": dict(image=(48, 64), walks=[(48, 64)], conformer="conformer_tiny", resnet="resnet_tiny",
+                  seg_backbone="resnet_tiny", cls_crop=64, r50_crop=64, irn_crop=96, seg_crop=64,
+                  cls_batch=2, irn_batch=2, seg_batch=2, images=1, repeat=1, dense_walk=True),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    setting: str
+    seconds: float
+    unit: str
+    peak_mib: float | None
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn, device: torch.device, repeat: int) -> tuple[float, float | None]:
+    """Mean seconds of ``fn()`` over ``repeat`` calls after one warm-up, and the peak GPU memory (MiB)."""
+    fn()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    _sync(device)
+    seconds = (time.perf_counter() - t0) / repeat
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return seconds, peak
+
+
+def cam_rows(p: dict, device: torch.device) -> list[Row]:
+    from wsss.cam.extract import ExtractCamConfig, compute_cams
+    from wsss.cls.models import build_classifier
+
+    rng = np.random.default_rng(0)
+    h, w = p["image"]
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(p["images"])]
+    label = np.zeros(20, np.float32)
+    label[[3, 11]] = 1
+    scales = (1.0, 0.5, 1.5, 2.0)
+    rows, cam_time = [], None
+    for model_name, method in ((p["conformer"], "cam"), (p["conformer"], "adcam"), (p["resnet"], "cam")):
+        torch.manual_seed(0)
+        model = build_classifier(model_name, 20).to(device).eval()
+        cfg = ExtractCamConfig(method=method, scales=scales)
+
+        def run():
+            with torch.no_grad():
+                for image in images:
+                    compute_cams(model, image, label, cfg, device)
+
+        seconds, peak = measure(run, device, p["repeat"])
+        seconds /= len(images)
+        note = ""
+        if model_name == p["conformer"] and method == "cam":
+            cam_time = seconds
+        elif method == "adcam" and cam_time:
+            note = f"{seconds / cam_time:.2f}x CAM (AD-CAM Table 2: 2.2x)"
+        rows.append(Row(f"extract-cam {method}", f"{model_name}, {h}x{w}, 4 scales + flip", seconds, "s / image",
+                        peak, note))
+        del model
+    return rows
+
+
+def walk_rows(p: dict, device: torch.device) -> list[Row]:
+    from bench_random_walk import EXP_TIMES, K, _inputs
+
+    from wsss.pseudo.random_walk import boundary_to_affinity, dense_transition_matrix, random_walk
+
+    rows = []
+    for h, w in p["walks"]:
+        hs, ws = math.ceil(h / 4), math.ceil(w / 4)
+        b, x = _inputs(hs, ws, torch.float32)
+        b, x = b.to(device), x.to(device)
+
+        def stencil():
+            random_walk(x, boundary_to_affinity(b), exp_times=EXP_TIMES, dtype=torch.float32)
+
+        seconds, peak = measure(stencil, device, p["repeat"])
+        rows.append(Row("random walk (stencil)", f"{h}x{w} ({hs}x{ws} grid), fp32", seconds, "s / image", peak))
+        if p["dense_walk"] and (device.type == "cuda" or hs * ws <= 4096):
+
+            def dense():
+                T = dense_transition_matrix(boundary_to_affinity(b), 10, 5, dtype=torch.float32)
+                for _ in range(EXP_TIMES):
+                    T = T @ T
+                return x.reshape(K, -1) @ T
+
+            dense_s, dense_peak = measure(dense, device, 1)
+            rows.append(Row("random walk (IRN's dense)", f"{h}x{w}, fp32", dense_s, "s / image", dense_peak,
+                            f"{dense_s / seconds:.1f}x the stencil walk's time"))
+    return rows
+
+
+def pseudo_rows(p: dict, device: torch.device) -> list[Row]:
+    import warnings
+
+    import cv2
+
+    from wsss.pseudo.crf import ir_label
+    from wsss.pseudo.irnet import BoundaryNet, infer_boundary
+    from wsss.pseudo.random_walk import irn_postprocess, propagate
+
+    h, w = p["image"]
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random frozen backbone
+        net = BoundaryNet(p["resnet"]).to(device).eval()
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    keys = np.arange(2)
+    high = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_CUBIC)
+                     for c in rng.random((2, 6, 8)).astype(np.float32)]).clip(0, 1)
+    cam = torch.from_numpy(np.stack([cv2.resize(c, (math.ceil(w / 4), math.ceil(h / 4))) for c in high])).to(device)
+    state = {}
+
+    def boundary():
+        with torch.no_grad():
+            state["b"] = infer_boundary(net, image)
+
+    def walk():
+        state["rw"] = propagate(cam, state["b"])
+
+    rows = []
+    for name, fn in (("IRNet boundary", boundary), ("random walk", walk),
+                     ("post-processing", lambda: irn_postprocess(state["rw"], keys, (h, w))),
+                     ("IR labels (2 dense CRFs, CPU)", lambda: ir_label(image, high, keys + 1))):
+        seconds, peak = measure(fn, device, p["repeat"])
+        rows.append(Row(f"make-pseudo: {name}", f"{p['resnet']}, {h}x{w}, 2 classes", seconds, "s / image", peak))
+    return rows
+
+
+def train_rows(p: dict, device: torch.device) -> list[Row]:
+    from bench_train_throughput import classifier_step, segmenter_step
+
+    from wsss.pseudo.irnet import BoundaryNet, affinity_labels, boundary_loss, edge_to_affinity, path_index
+
+    def irn_step(batch: int, crop: int):
+        """A train-irn step: frozen backbone, boundary head, IRN's affinity loss on random IR labels."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = BoundaryNet(p["resnet"]).to(device).train()
+        opt = torch.optim.SGD([q for q in net.parameters() if q.requires_grad], lr=0.1, momentum=0.9)
+        index = path_index(10)
+        x = torch.randn(batch, 3, crop, crop, device=device)
+        label = torch.randint(0, 3, (batch, crop // 4, crop // 4), device=device)
+        labels = affinity_labels(label, index)
+
+        def step():
+            loss = boundary_loss(edge_to_affinity(torch.sigmoid(net(x).float()), index), *labels)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    specs = [
+        ("train-cls", f"{p['conformer']}, crop {p['cls_crop']}", lambda: classifier_step(p["conformer"], p["cls_batch"], p["cls_crop"], device), p["cls_batch"]),
+        ("train-cls", f"{p['resnet']}, crop {p['r50_crop']}", lambda: classifier_step(p["resnet"], p["cls_batch"], p["r50_crop"], device), p["cls_batch"]),
+        ("train-irn", f"{p['resnet']}, crop {p['irn_crop']}", lambda: irn_step(p["irn_batch"], p["irn_crop"]), p["irn_batch"]),
+    ] + [
+        ("train-seg", f"{head}:{p['seg_backbone']}, crop {p['seg_crop']}",
+         (lambda head=head: segmenter_step(f"{head}:{p['seg_backbone']}", p["seg_batch"], p["seg_crop"], device)),
+         p["seg_batch"])
+        for head in ("pcaa", "fcn", "deeplabv2")
+    ]
+    rows = []
+    for stage, setting, build, batch in specs:
+        for amp in ((False, True) if device.type == "cuda" else (False,)):
+            torch.manual_seed(0)
+            step = build()
+
+            def run():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    step()
+
+            seconds, peak = measure(run, device, p["repeat"])
+            rows.append(Row(stage, f"{setting}, batch {batch}{', AMP bf16' if amp else ''}", seconds, "s / step", peak,
+                            f"{batch / seconds:.1f} images / s"))
+            del step
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+GROUPS = {"cam": cam_rows, "walk": walk_rows, "pseudo": pseudo_rows, "train": train_rows}
+
+
+def table(rows: list[Row], device: torch.device, profile: str, elapsed: float) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    head = (f"wsss benchmark suite, profile {profile}: {device.type} ({name}), torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or '-'}, {torch.get_num_threads()} CPU threads; {elapsed:.0f} s\n\n"
+            "| stage | setting | time | peak GPU MiB | note |\n| --- | --- | ---: | ---: | --- |\n")
+    body = "".join(
+        f"| {r.name} | {r.setting} | {r.seconds:.3f} {r.unit} | {'-' if r.peak_mib is None else f'{r.peak_mib:.0f}'} "
+        f"| {r.note} |\n" for r in rows)
+    return head + body
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                    help="input sizes [default: full on cuda, quick on cpu]")
+    ap.add_argument("--only", nargs="*", choices=sorted(GROUPS), default=sorted(GROUPS), help="row groups to run")
+    ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    profile = args.profile or ("full" if device.type == "cuda" else "quick")
+    p = PROFILES[profile]
+    t0 = time.perf_counter()
+    rows: list[Row] = []
+    for group in ("cam", "walk", "pseudo", "train"):
+        if group in args.only:
+            rows += GROUPS[group](p, device)
+            print(f"[{group}] done, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    text = table(rows, device, profile, time.perf_counter() - t0)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
