@@ -9,6 +9,7 @@ CPU, Linux: the peak resident set above the one after loading the model (VmHWM r
 through /proc/self/clear_refs), in a fresh process per method).
 
     python benchmarks/bench_cam_methods.py --model conformer_s16 --images 8
+    python benchmarks/bench_cam_methods.py --model conformer_s16 --images 2 --methods cam adcam --rounds 2 --no-memory
     python benchmarks/bench_cam_methods.py --model conformer_tiny --images 20 --size 128   # quick
 """
 from __future__ import annotations
@@ -37,27 +38,32 @@ def _images(n: int, size: tuple[int, int]) -> list[np.ndarray]:
     return [rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8) for _ in range(n)]
 
 
-def time_methods(model_name: str, n: int, size: tuple[int, int], scales: tuple[float, ...], device: torch.device):
+def time_methods(model_name: str, n: int, size: tuple[int, int], scales: tuple[float, ...], device: torch.device,
+                 methods: list[str] = METHODS, rounds: int = 1):
+    """Images per second of each method; with ``rounds`` > 1 the methods take turns, round after
+    round, so a slow spell of a shared machine falls on all of them."""
     from wsss.cam.extract import ExtractCamConfig, compute_cams
 
     model = _model(model_name, device)
     images = _images(n, size)
     label = np.zeros(20, np.float32)
     label[[3, 11]] = 1
-    results = {}
+    cfgs = {method: ExtractCamConfig(method=method, scales=scales) for method in methods}
+    seconds = dict.fromkeys(methods, 0.0)
     with torch.no_grad():
-        for method in METHODS:
-            cfg = ExtractCamConfig(method=method, scales=scales)
-            compute_cams(model, images[0], label, cfg, device)  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for image in images:
-                compute_cams(model, image, label, cfg, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            results[method] = n / (time.perf_counter() - t0)
-    return results
+        for method in methods:
+            compute_cams(model, images[0], label, cfgs[method], device)  # warm-up
+        for _ in range(rounds):
+            for method in methods:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for image in images:
+                    compute_cams(model, image, label, cfgs[method], device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[method] += time.perf_counter() - t0
+    return {method: n * rounds / seconds[method] for method in methods}
 
 
 def _status_kib(field: str) -> int:
@@ -99,6 +105,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs="+", default=[375, 500], help="H W (or one side)")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="cam must be one of them")
+    ap.add_argument("--rounds", type=int, default=1, help="methods take turns this many times")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -109,14 +117,15 @@ def main() -> None:
     size = (args.size[0], args.size[-1])
     print(f"model {args.model}, {args.images} images of {size[0]}x{size[1]}, scales {args.scales} + flip, "
           f"device {device}, {torch.get_num_threads()} threads")
-    speed = time_methods(args.model, args.images, size, tuple(args.scales), device)
+    methods = ["cam"] + [m for m in args.methods if m != "cam"]
+    speed = time_methods(args.model, args.images, size, tuple(args.scales), device, methods, args.rounds)
     print("\n| method | images/s | time / CAM's |\n| --- | ---: | ---: |")
-    for m in METHODS:
+    for m in methods:
         print(f"| {m} | {speed[m]:.2f} | {speed['cam'] / speed[m]:.2f}x |")
     if args.no_memory:
         return
     print("\n| method | peak memory, 500x375 at scale 2.0 (MiB) |\n| --- | ---: |")
-    for m in METHODS:
+    for m in methods:
         out = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
                               "--memory-of", m], capture_output=True, text=True, check=True)
         print(f"| {m} | {float(out.stdout.strip().splitlines()[-1]):.0f} |")
