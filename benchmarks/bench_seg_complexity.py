@@ -18,7 +18,9 @@ surrounding convs); PSA = :class:`wsss.seg.heads.PSAModule` (both branches, redu
 width 512, shrink 2, over-complete 95 x 95 masks for the 48 x 48 shrunken map, and
 the 1x1 projection back to 512); non-local = the embedded-Gaussian block below
 (W_q, W_k, W_v 512 -> 256 with bias, 1x1 256 -> 512 + BN, residual), with the same
-projections as PCAA, as Table 4 compares them.
+projections as PCAA, as Table 4 compares them; OCR = :class:`OCR` below (the object
+contextual module with mmseg's OCRHead widths, 256 key channels, and its 1024 -> 512
+bottleneck; the coarse classifier is not counted).
 
 ``--time`` times forward + backward of each full segmenter (backbone, head, auxiliary
 head, loss) on random crops, in training mode, on the chosen device.
@@ -64,6 +66,38 @@ class NonLocal(nn.Module):
         return x + self.out((v @ attention.transpose(1, 2)).view(b, -1, h, w))
 
 
+def _cbr(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class OCR(nn.Module):
+    """OCR's module (Yuan et al. 2020, mmseg's ``OCRHead`` without its classifiers), for counting:
+    soft object regions (each class's softmax over the pixels of the coarse prediction weighting
+    the features), the object attention block (query: two 1x1 conv-BN-ReLU 512 -> 256 -> 256 on
+    the pixels; key: the same on the K region features; value: one 512 -> 256; output 256 -> 512)
+    and the bottleneck (1x1 conv-BN-ReLU on [context, features], 1024 -> 512)."""
+
+    def __init__(self, channels: int, key_channels: int = 256) -> None:
+        super().__init__()
+        self.query = nn.Sequential(_cbr(channels, key_channels), _cbr(key_channels, key_channels))
+        self.key = nn.Sequential(_cbr(channels, key_channels), _cbr(key_channels, key_channels))
+        self.value = _cbr(channels, key_channels)
+        self.out = _cbr(key_channels, channels)
+        self.bottleneck = _cbr(2 * channels, channels)
+
+    def forward(self, x: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), coarse logits (B, K, H, W) -> (B, C, H, W)."""
+        b, c, h, w = x.shape
+        regions = torch.softmax(coarse.flatten(2), dim=-1) @ x.flatten(2).transpose(1, 2)  # (B, K, C)
+        regions = regions.transpose(1, 2)[..., None]  # (B, C, K, 1)
+        q = self.query(x).flatten(2).transpose(1, 2)  # (B, HW, C')
+        k = self.key(regions).flatten(2)  # (B, C', K)
+        v = self.value(regions).flatten(2).transpose(1, 2)  # (B, K, C')
+        sim = torch.softmax((q @ k) * k.shape[1] ** -0.5, dim=-1)  # (B, HW, K)
+        context = self.out((sim @ v).transpose(1, 2).reshape(b, -1, h, w))
+        return self.bottleneck(torch.cat([context, x], dim=1))
+
+
 class Stacked(nn.Module):
     """PCAA modules in sequence, as PCAAHead runs them (Table 1's S = 4, 8)."""
 
@@ -87,6 +121,7 @@ def modules() -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
         "ACF (attention part)": (ClassAttention(CHANNELS, CHANNELS // 2), (x, coarse)),
         "PSA": (PSAModule(CHANNELS, CHANNELS, (2 * shrunk - 1, 2 * shrunk - 1)), (x,)),
         "non-local": (NonLocal(CHANNELS), (x,)),
+        "OCR": (OCR(CHANNELS), (x, coarse)),
     }
 
 
@@ -98,7 +133,6 @@ def count() -> None:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             module(*inputs)
         rows.append((name, params / 1e6, counter.get_total_flops() / 2 / 1e9))
-    rows.append(("OCR", None, None))
     print(f"Attention modules alone, input 1 x {CHANNELS} x {SIZE} x {SIZE}, {CLASSES} classes "
           "(MACs = FlopCounterMode FLOPs / 2)\n")
     print("| module | params (M) | GMACs | paper params (M) | paper FLOPs (G) |")
