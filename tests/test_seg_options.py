@@ -188,3 +188,23 @@ def test_keep_best_off_writes_only_the_last_weights(toy_root, tmp_path):
     weights = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(weights[k], final[k].contiguous()) for k in weights)
     np.testing.assert_equal(sorted(weights), sorted(final))
+
+
+def test_cli_options_reach_the_config(monkeypatch):
+    from click.testing import CliRunner
+
+    import wsss.seg.train as seg_train
+    from wsss.cli import main
+
+    seen = {}
+    monkeypatch.setattr(seg_train, "train_seg", lambda cfg, **_: seen.setdefault("cfg", cfg))
+    result = CliRunner().invoke(main, [
+        "train-seg", "--data-root", "x", "--head", "psa", "--psa-outside", "zero", "--acf-center-channels", "64",
+        "--aux-weight", "0", "--class-weights", "1,2.5", "--ohem-thresh", "0.7", "--ohem-min-kept", "5",
+        "--head-lr-mult", "10", "--keep-best", "100"])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.psa_outside, cfg.acf_center_channels, cfg.aux_weight, cfg.class_weights) == ("zero", 64, 0.0, (1.0, 2.5))
+    assert (cfg.ohem_thresh, cfg.ohem_min_kept, cfg.head_lr_mult, cfg.keep_best) == (0.7, 5, 10.0, 100)
+    bad = CliRunner().invoke(main, ["train-seg", "--data-root", "x", "--class-weights", "1,a"])
+    assert bad.exit_code != 0 and "comma-separated list of numbers" in bad.output

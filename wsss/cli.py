@@ -82,22 +82,22 @@ def _int_pair(text: str | None, option: str) -> list[int] | None:
     return [lo, hi]
 
 
-def _int_list(text: str | None, option: str) -> list[int] | None:
+def _number_list(text: str | None, option: str, kind: type = int) -> list | None:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",")]
+        return [kind(v) for v in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of whole numbers", param_hint=option)
+        what = "whole numbers" if kind is int else "numbers"
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of {what}", param_hint=option)
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    return _number_list(text, option, int)
 
 
 def _float_list(text: str | None, option: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=option)
+    return _number_list(text, option, float)
 
 
 class WsssGroup(click.Group):
