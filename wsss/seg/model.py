@@ -114,11 +114,17 @@ class Segmenter(nn.Module):
             weights["aux"] = self.aux_weight
         return weights
 
-    def loss(self, outputs: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, outputs: dict, target: torch.Tensor, pixel_count: torch.Tensor | None = None
+             ) -> dict[str, torch.Tensor]:
         """Total training loss of the head's paper.
 
         ``outputs``: what :meth:`forward` returned; ``target``: (B, H, W) int labels
-        at the input size, ``ignore_index`` for void.
+        at the input size, ``ignore_index`` for void. ``pixel_count``: what the cross-entropy
+        terms divide their sums by instead of this batch's labelled-pixel count; under torchrun
+        the global batch's count divided by the number of processes, so that DDP's average over
+        processes is the mean over the global batch's pixels. With OHEM or class weights each
+        process keeps its own mean over its kept (weighted) pixels, as the reference code does per
+        GPU, and ``pixel_count`` is not used.
 
         Terms (unweighted; ``loss`` is their sum weighted by :attr:`loss_weights`):
         ``seg`` cross entropy of ``out``; ``aux`` of ``aux``; ``coarse`` of ACF's
@@ -139,6 +145,8 @@ class Segmenter(nn.Module):
                 f"{outputs['out'].shape[1]} classes: give one weight per class, background first"
             )
         ce = {"weight": self.class_weights, "ohem_thresh": self.ohem_thresh, "ohem_min_kept": self.ohem_min_kept}
+        if self.class_weights is None and self.ohem_thresh == 0:
+            ce = {"count": pixel_count}
         terms = {"seg": cross_entropy(outputs["out"], target, self.ignore_index, **ce)}
         if "aux" in weights:
             terms["aux"] = cross_entropy(outputs["aux"], target, self.ignore_index, **ce)
@@ -281,8 +289,11 @@ def cross_entropy(
     weight: torch.Tensor | None = None,
     ohem_thresh: float = 0.0,
     ohem_min_kept: int = 100000,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean pixel cross entropy over non-void pixels; 0 (not NaN) for an all-void batch.
+    ``count``: divide the sum by this instead of the number of non-void pixels (no weights or
+    OHEM: :meth:`Segmenter.loss` under torchrun).
 
     ``weight``: per-class weights; the mean is then weighted (divided by the summed weights of
     the pixels' classes, as ``torch.nn.CrossEntropyLoss(weight=...)``). ``ohem_thresh`` > 0:
@@ -309,6 +320,8 @@ def cross_entropy(
         target = torch.where(valid, target, ignore_index)
     if weight is None:
         total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+        if count is not None and ohem_thresh == 0:
+            return total / count
         return total / valid.sum().clamp(min=1)
     weight = weight.to(logits.device, logits.dtype)
     total = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="sum")

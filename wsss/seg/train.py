@@ -46,8 +46,6 @@ from wsss.seg.inference import evaluate_segmenter, segment
 from wsss.seg.model import build_from_config, head_kwargs  # noqa: F401  (head_kwargs re-exported: its home was this module)
 from wsss.seg.transforms import seg_train_transform
 
-# Loss terms that are means over labelled pixels (the others average over fixed-size tensors).
-PIXEL_MEAN_TERMS = ("seg", "aux", "coarse")
 
 
 class SegTrainSet(SeededTrainSet):
@@ -170,24 +168,17 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
     optimizer = make_optimizer("sgd", specs, momentum=cfg.momentum)
 
     world = dist.world_size()
-    # With OHEM or class weights each process's cross entropy is the mean over its own batch's kept
-    # (weighted) pixels, as the reference code computes it per GPU; DDP then averages the processes.
-    per_process_mean = cfg.ohem_thresh > 0 or cfg.class_weights is not None
 
     def loss_fn(net: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
         x, y = batch
         outputs = net(x)
         outputs = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in outputs.items()}
-        terms = model.loss(outputs, y)
-        if world == 1 or per_process_mean:
-            return terms
-        # Cross entropy averages over each process's labelled pixels, and DDP then averages over
-        # processes; reweight so the gradient is the mean over the global batch's labelled pixels.
+        if world == 1:
+            return model.loss(outputs, y)
+        # DDP averages the processes' gradients: divide each process's cross-entropy sum by the
+        # global batch's labelled pixels per process, so the result is the global mean
         valid = (y != model.ignore_index).sum().float()
-        share = valid * world / dist.all_reduce_sum(valid.clone()).clamp(min=1)
-        terms = {k: (v * share if k in PIXEL_MEAN_TERMS else v) for k, v in terms.items() if k != "loss"}
-        terms["loss"] = sum(w * terms[k] for k, w in model.loss_weights.items())
-        return terms
+        return model.loss(outputs, y, pixel_count=dist.all_reduce_sum(valid.clone()).clamp(min=1) / world)
 
     steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
     epochs = -(-cfg.iterations // steps_per_epoch)
