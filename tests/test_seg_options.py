@@ -208,3 +208,18 @@ def test_cli_options_reach_the_config(monkeypatch):
     assert (cfg.ohem_thresh, cfg.ohem_min_kept, cfg.head_lr_mult, cfg.keep_best) == (0.7, 5, 10.0, 100)
     bad = CliRunner().invoke(main, ["train-seg", "--data-root", "x", "--class-weights", "1,a"])
     assert bad.exit_code != 0 and "comma-separated list of numbers" in bad.output
+
+
+def test_an_interrupted_keep_best_install_finishes_on_resume(toy_root, tmp_path):
+    cfg = _cfg(toy_root, tmp_path / "run", keep_best=24)
+    out = train_seg(cfg, progress=False)
+    installed = load_file(str(out / "model.safetensors"))
+    last = load_file(str(out / "last.safetensors"))
+    # the state a kill inside the install leaves: last weights moved aside, best not yet in place,
+    # no done.json
+    (out / "done.json").unlink()
+    (out / "model.safetensors").unlink()
+    train_seg(cfg, resume=True, progress=False)
+    assert (out / "done.json").is_file()
+    again, last_again = load_file(str(out / "model.safetensors")), load_file(str(out / "last.safetensors"))
+    assert all(torch.equal(again[k], installed[k]) and torch.equal(last_again[k], last[k]) for k in again)

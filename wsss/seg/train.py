@@ -96,10 +96,12 @@ class BestWeights:
     def install(self) -> dict:
         if self.record is None:
             return {}
-        weights = self.out / ckpt.WEIGHTS_NAME
-        os.replace(weights, self.out / LAST_WEIGHTS)
-        shutil.copyfile(self.out / BEST_WEIGHTS, self.out / (ckpt.WEIGHTS_NAME + ".tmp"))
-        os.replace(self.out / (ckpt.WEIGHTS_NAME + ".tmp"), weights)
+        weights, tmp = self.out / ckpt.WEIGHTS_NAME, self.out / (ckpt.WEIGHTS_NAME + ".tmp")
+        shutil.copyfile(self.out / BEST_WEIGHTS, tmp)
+        # an interrupted install already moved the last weights: a rerun (--resume) finishes it
+        if weights.is_file():
+            os.replace(weights, self.out / LAST_WEIGHTS)
+        os.replace(tmp, weights)
         return {"best_step": self.record["step"], "best_val_mIoU": self.record["val_mIoU"],
                 "last_weights": str(self.out / LAST_WEIGHTS)}
 
