@@ -160,8 +160,9 @@ def attention_matrix(attn_maps: Sequence[torch.Tensor], renorm: bool = False) ->
 def coneighbor_similarity(A: torch.Tensor) -> torch.Tensor:
     """Co-neighbour similarity, Eq. 6: ``S_ij = sum_k sqrt(A_ik * A_jk)``.
 
-    Computed as one matrix product ``sqrt(A) @ sqrt(A)^T`` (A is non-negative;
-    tiny negative round-off is clamped to 0 before the square root).
+    Computed as the matrix product ``sqrt(A) @ sqrt(A)^T`` (A is non-negative;
+    tiny negative round-off is clamped to 0 before the square root); from 1,024 tokens on, only
+    its blocks on and above the diagonal, mirrored below (S is symmetric).
 
     Args:
         A: (B, N, N) attention, entries >= 0, rows summing to <= 1.
