@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsss.engine.optim import GroupSpec
+from wsss.partial import patch_labels, sigmoid_focal_loss
 
 
 class ResNetCAMNet(nn.Module):
@@ -170,8 +171,6 @@ def partial_loss(out: dict[str, torch.Tensor], masks: torch.Tensor | None) -> to
         return 0.0
     if masks is None:
         raise ValueError("partial pooling needs region masks for its loss")
-    from wsss.seg.model import patch_labels, sigmoid_focal_loss
-
     k, s = out["patch_logits"].shape[1], out["patch_logits"].shape[-1]
     labels = patch_labels(masks, k + 1, s)[:, 1:]
     return sigmoid_focal_loss(out["patch_logits"].float(), labels)

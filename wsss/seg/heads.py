@@ -14,7 +14,6 @@ Heads: ``fcn`` (PCAA Table 3 baseline), ``deeplabv2`` (ASPP of DeepLab v2),
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.partial import pad_to_multiple  # noqa: F401  (re-exported: its home was this module)
 from wsss.seg.psamask import psamask
 
 HeadType = TypeVar("HeadType", bound=type[nn.Module])
@@ -195,18 +195,6 @@ class PCAA(nn.Module):
         out = attention @ self.value(centers)[:, None]  # Eq. 9: (B, S², N, C/2)
         out = _merge_patches(out, s, ph, pw)[:, :, :height, :width]
         return x + self.out(out), patch_logits
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the last two dims at the bottom/right to multiples of ``multiple`` by
-    replicating the last row/column; any dtype (labels included)."""
-    height, width = x.shape[-2:]
-    hp, wp = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
-    if (hp, wp) == (height, width):
-        return x
-    rows = torch.arange(hp, device=x.device).clamp(max=height - 1)
-    cols = torch.arange(wp, device=x.device).clamp(max=width - 1)
-    return x[..., rows[:, None], cols]
 
 
 def _split_patches(x: torch.Tensor, s: int) -> torch.Tensor:
