@@ -3,6 +3,7 @@ configuration and call one Python function per stage."""
 from __future__ import annotations
 
 import errno
+import json
 import sys
 from pathlib import Path
 
@@ -247,7 +248,6 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
     }, section="pretrain")
     out_dir = pretrain(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
     if export_name:
-        import json
         import shlex
 
         from wsss.config import to_dict
@@ -563,38 +563,18 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
 @click.option("--strict/--no-strict", default=True, help="Refuse a checkpoint whose converted keys or shapes do not match [default: strict].")
 def convert_weights_cmd(source, checkpoint, out, data_kind, classes_file, multi_grid, crop, base_size, strict) -> None:
     """Turn an official checkpoint into a wsss run that wsss predict loads."""
-    from wsss.data import DataConfig
-    from wsss.seg.convert import convert_pcaa, pcaa_network_settings, read_pcaa_checkpoint
+    from wsss.seg.convert import convert_pcaa
 
-    names_of = _class_names_by_kind()
+    names = None
     if classes_file is not None:
         names = [n for n in classes_file.read_text().splitlines() if n.strip()]
-    else:
-        if data_kind is None:
-            count = pcaa_network_settings(read_pcaa_checkpoint(checkpoint))["num_classes"]
-            matches = [k for k, v in names_of.items() if len(v) == count]
-            if len(matches) != 1:
-                raise click.UsageError(f"the checkpoint predicts {count} classes: say which dataset with --data-kind, "
-                                       "or give --classes")
-            data_kind = matches[0]
-        names = names_of[data_kind]
-    city = data_kind == "cityscapes"
     result = convert_pcaa(
-        checkpoint, out, class_names=names, data=DataConfig(kind=data_kind) if data_kind else None,
-        multi_grid=_int_list(multi_grid, "--multi-grid"), crop=crop or (768 if city else 512),
-        base_size=base_size or (1024 if city else 512), strict=strict,
+        checkpoint, out, class_names=names, data_kind=data_kind, multi_grid=_int_list(multi_grid, "--multi-grid"),
+        crop=crop, base_size=base_size, strict=strict,
     )
+    data_kind = json.loads((result / "done.json").read_text())["data_kind"]
     click.echo(f"converted {checkpoint} to {result}. Next: wsss predict --seg-dir {result} --data-kind "
                f"{data_kind or '<kind>'} --data-root <dataset> --split val --out {result}_val")
-
-
-def _class_names_by_kind() -> dict[str, list[str]]:
-    from wsss.data.coco import COCO_CLASSES
-    from wsss.data.scenes import ADE20K_CLASSES, CITYSCAPES_CLASSES, PASCAL_CONTEXT59_CLASSES
-    from wsss.data.voc import VOC_CLASSES
-
-    return {"cityscapes": list(CITYSCAPES_CLASSES), "ade20k": list(ADE20K_CLASSES),
-            "pascal_context": list(PASCAL_CONTEXT59_CLASSES), "voc": list(VOC_CLASSES), "coco": list(COCO_CLASSES)}
 
 
 @main.command("predict")

@@ -205,7 +205,7 @@ def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "c
     from safetensors.torch import load_file
 
     from wsss.config import read_yaml
-    from wsss.engine.checkpoint import WEIGHTS_NAME
+    from wsss.engine.checkpoint import WEIGHTS_NAME, load_state_strict
 
     cls_dir = Path(cls_dir)
     weights = cls_dir / WEIGHTS_NAME
@@ -228,10 +228,5 @@ def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "c
         cfg["model"], head.shape[0], detach_branches=cfg.get("detach_branches", True),
         drop_last_block=cfg.get("drop_last_block", True), partial_pool=cfg.get("partial_pool", 0),
     )
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{weights} does not match a '{cfg['model']}' classifier: missing {result.missing_keys[:20]}, "
-            f"unexpected {result.unexpected_keys[:20]}"
-        )
+    load_state_strict(model, state, weights, f"a '{cfg['model']}' classifier")
     return model.to(device).eval(), cfg

@@ -31,6 +31,17 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Any, what: str) -> None:
+    """Load a finished run's ``state`` into ``model``, refusing (ValueError) a state whose keys do
+    not match, with the first 20 missing and unexpected keys: ``{source} does not match {what}``."""
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{source} does not match {what}: missing {result.missing_keys[:20]}, "
+            f"unexpected {result.unexpected_keys[:20]}"
+        )
+
+
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():

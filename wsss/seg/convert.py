@@ -137,40 +137,65 @@ def convert_pcaa_state(state: dict[str, torch.Tensor], channels: int) -> dict[st
     return out
 
 
+def class_names_of(data_kind: str | None, num_classes: int) -> tuple[str, list[str]]:
+    """The dataset kind and its class names: ``data_kind``'s, or the one dataset with
+    ``num_classes`` classes (19 Cityscapes, 150 ADE20K, 59 Pascal Context, 21 VOC, 81 COCO)."""
+    from wsss.data.coco import COCO_CLASSES
+    from wsss.data.scenes import ADE20K_CLASSES, CITYSCAPES_CLASSES, PASCAL_CONTEXT59_CLASSES
+    from wsss.data.voc import VOC_CLASSES
+
+    names = {"cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES, "pascal_context": PASCAL_CONTEXT59_CLASSES,
+             "voc": VOC_CLASSES, "coco": COCO_CLASSES}
+    if data_kind is None:
+        matches = [kind for kind, classes in names.items() if len(classes) == num_classes]
+        if len(matches) != 1:
+            raise ConfigError(f"the checkpoint predicts {num_classes} classes: say which dataset with --data-kind, "
+                              "or give --classes")
+        data_kind = matches[0]
+    return data_kind, list(names[data_kind])
+
+
 def convert_pcaa(
     checkpoint: str | Path,
     out: str | Path,
     *,
-    class_names: Sequence[str],
-    data: DataConfig | None = None,
+    class_names: Sequence[str] | None = None,
+    data_kind: str | None = None,
     multi_grid: Sequence[int] | None = None,
-    crop: int = 512,
-    base_size: int = 512,
+    crop: int | None = None,
+    base_size: int | None = None,
     strict: bool = True,
 ) -> Path:
-    """Write a wsss train-seg run folder holding an official PCAA checkpoint.
+    """Write a wsss train-seg run folder holding an official PCAA checkpoint; returns the folder
+    (its ``done.json`` names the source and the dataset kind).
 
-    ``class_names``: one per output class, in the checkpoint's order (its dataset's train ids).
-    ``multi_grid``: layer4's multipliers the checkpoint was trained with (PCAA's ADE20K runs: 1, 2,
-    4); it cannot be read from the weights. ``crop`` / ``base_size``: what ``wsss predict`` uses
-    for sliding windows and the resize (PCAA: 768 / 1024 on Cityscapes, 512 / 512 on ADE20K).
-    ``strict``: refuse a checkpoint whose converted keys or shapes do not match the network.
+    ``class_names``: one per output class, in the checkpoint's order (its dataset's train ids);
+    none: ``data_kind``'s classes, or, without it, those of the one dataset with the checkpoint's
+    class count (:func:`class_names_of`). ``multi_grid``: layer4's multipliers the checkpoint was
+    trained with (PCAA's ADE20K runs: 1, 2, 4); it cannot be read from the weights. ``crop`` /
+    ``base_size``: what ``wsss predict`` uses for sliding windows and the resize (default PCAA's:
+    768 / 1024 on Cityscapes, 512 / 512 otherwise). ``strict``: refuse a checkpoint whose
+    converted keys or shapes do not match the network.
     """
     out = Path(out)
     if (out / "done.json").is_file():
         raise ConfigError(f"{out} already holds a finished run (done.json): choose a new --out")
     state = read_pcaa_checkpoint(checkpoint)
     net = pcaa_network_settings(state)
+    if class_names is None:
+        data_kind, class_names = class_names_of(data_kind, net["num_classes"])
     if len(class_names) != net["num_classes"]:
         raise ConfigError(
             f"the checkpoint predicts {net['num_classes']} classes but {len(class_names)} class names were given: "
             "name the dataset it was trained on (--data-kind) or give a class-names file (--classes)"
         )
+    city = data_kind == "cityscapes"
     cfg = TrainSegConfig(
-        data=data or DataConfig(), head="pcaa", backbone=net["backbone"], pretrained=None, contract_dilation=False,
-        multi_grid=tuple(multi_grid) if multi_grid else None, channels=net["channels"], pool_sizes=net["pool_sizes"],
-        aux_weight=0.4 if net["aux"] else 0.0, patch_label_min_frac=0.01, focal_reduction="mean", crop=crop,
-        base_size=base_size, out=str(out),
+        data=DataConfig(kind=data_kind) if data_kind else DataConfig(), head="pcaa", backbone=net["backbone"],
+        pretrained=None, contract_dilation=False, multi_grid=tuple(multi_grid) if multi_grid else None,
+        channels=net["channels"], pool_sizes=net["pool_sizes"], aux_weight=0.4 if net["aux"] else 0.0,
+        patch_label_min_frac=0.01, focal_reduction="mean", crop=crop or (768 if city else 512),
+        base_size=base_size or (1024 if city else 512), out=str(out),
     )
     model = build_from_config(cfg, net["num_classes"])
     converted = convert_pcaa_state(state, net["channels"])
@@ -190,6 +215,6 @@ def convert_pcaa(
     save_config(cfg, out / "config.yaml")
     write_text(out / CLASS_NAMES_FILE, "\n".join(class_names))
     ckpt.save_weights(model, out / ckpt.WEIGHTS_NAME)
-    write_json(out / "done.json", {"converted_from": str(checkpoint), "format": "pcaa",
+    write_json(out / "done.json", {"converted_from": str(checkpoint), "format": "pcaa", "data_kind": data_kind,
                                    "tensors": len(converted), "weights": str(out / ckpt.WEIGHTS_NAME)})
     return out

@@ -335,10 +335,5 @@ def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cp
         raise FileNotFoundError(f"{seg_dir / CLASS_NAMES_FILE} is missing: the train-seg run did not finish writing")
     state = ckpt.load_weights_file(weights)
     model = build_from_config(cfg, len(names))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{weights} does not match a '{cfg.head}' head on '{cfg.backbone}': missing {result.missing_keys[:20]}, "
-            f"unexpected {result.unexpected_keys[:20]}"
-        )
+    ckpt.load_state_strict(model, state, weights, f"a '{cfg.head}' head on '{cfg.backbone}'")
     return model.to(device).eval(), cfg
