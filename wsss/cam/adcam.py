@@ -88,11 +88,15 @@ def _row_normalise(R: torch.Tensor) -> torch.Tensor:
     """
     s = R.sum(dim=-1, keepdim=True)
     zero = s <= 0
-    out = R / torch.where(zero, torch.ones_like(s), s)
+    return _zero_rows_to_identity(R / torch.where(zero, torch.ones_like(s), s), zero)
+
+
+def _zero_rows_to_identity(R: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Rows of (B, N, N) ``R`` marked in ``zero`` (B, N, 1) become identity rows."""
     if bool(zero.any()):
         eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device).expand_as(R)
-        out = torch.where(zero, eye, out)
-    return out
+        R = torch.where(zero, eye, R)
+    return R
 
 
 def _flatten_cam(cam: torch.Tensor, N: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -237,10 +241,7 @@ def refine_attention(A: torch.Tensor, S: torch.Tensor, k: int = 50) -> torch.Ten
         total = vals.sum(dim=-1, keepdim=True)
         zero = total <= 0
         R = torch.zeros_like(A).scatter_(-1, idx, vals / torch.where(zero, torch.ones_like(total), total))
-        if bool(zero.any()):  # as _row_normalise: an all-zero row becomes the identity row
-            eye = torch.eye(N, dtype=R.dtype, device=R.device).expand_as(R)
-            R = torch.where(zero, eye, R)
-        return R
+        return _zero_rows_to_identity(R, zero)  # as _row_normalise
 
 
 def diffuse(cam: torch.Tensor, A_ref: torch.Tensor, steps: int = 2, mode: str = "distribute") -> torch.Tensor:
