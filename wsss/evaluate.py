@@ -76,7 +76,7 @@ def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:
     pred_dir = Path(cfg.pred)
     if not pred_dir.is_dir():
         raise WsssDataError(f"prediction folder not found: {pred_dir}")
-    from wsss.config import check_provenance
+    from wsss.engine.outputs import check_provenance
 
     gt_paths: dict[str, Path | None]
     if cfg.data.root:

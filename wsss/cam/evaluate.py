@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.cam.files import load_cam
-from wsss.config import check_provenance
+from wsss.engine.outputs import check_provenance
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.io import WsssDataError, atomic_write, write_json
 from wsss.metrics import SweepResult, ThresholdSweep

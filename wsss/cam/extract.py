@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from wsss.cls.models import load_trained_classifier
 from wsss.data.transforms import normalize, resize_to, scaled_size
-from wsss.config import ConfigError, check_output_settings, pending_ids, prepare_output, to_dict
+from wsss.config import ConfigError, to_dict
+from wsss.engine.outputs import check_output_settings, pending_ids, prepare_output
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.cam.files import CAM_FILE_SUFFIX, load_cam, save_cam  # noqa: F401  (re-exported)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from wsss.cam.files import load_cam
-from wsss.config import ConfigError, check_output_settings, check_provenance, pending_ids, prepare_output, to_dict
+from wsss.config import ConfigError, to_dict
+from wsss.engine.outputs import check_output_settings, check_provenance, pending_ids, prepare_output
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.engine.workers import die_with_parent

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.config import pending_ids, prepare_output, to_dict
+from wsss.config import to_dict
+from wsss.engine.outputs import pending_ids, prepare_output
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
 from wsss.io import read_image, write_json, write_mask

@@ -152,7 +152,7 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
     device = dist.init_distributed(cfg.device)
     train_ds = build_dataset(cfg.data)
     if cfg.data.masks:
-        from wsss.config import check_provenance
+        from wsss.engine.outputs import check_provenance
 
         check_provenance(cfg.data.masks, train_ds.class_names, "masks")
     _check_masks(train_ds, "training")
