@@ -294,9 +294,7 @@ def train_loop(
     """
     s = settings
     out = Path(s.out)
-    world, rank = dist.world_size(), dist.rank()
-    main_proc = dist.is_main()
-    progress = progress and main_proc
+    world = dist.world_size()
     if s.batch_size % world:
         raise ConfigError(f"batch_size {s.batch_size} is not divisible by the {world} processes")
     n = len(train_set)
@@ -307,9 +305,34 @@ def train_loop(
     if s.max_steps is not None:
         total_steps = min(total_steps, s.max_steps)
 
-    step = 0
+    step = _start_or_resume(model, optimizer, config, s, total_steps, resume, overwrite)
+    if step is None:
+        return None
+    run = _Run(model=model, ddp_model=_wrap_ddp(model, device), optimizer=optimizer, train_set=train_set,
+               config=config, settings=s, device=device, loss_fn=loss_fn, total_steps=total_steps,
+               steps_per_epoch=steps_per_epoch, step=step, progress=progress and dist.is_main())
+    last_record: dict[str, Any] = {}
+    try:
+        while run.step < total_steps:
+            epoch = run.step // steps_per_epoch
+            running, count = run.train_one_epoch(epoch)
+            if run.step % steps_per_epoch == 0 or run.step >= total_steps:
+                last_record = run.end_of_epoch(epoch, running, count, evaluate)
+    finally:
+        run.close()
+    _write_done(out, s, run.step, last_record, finish)
+    return last_record
+
+
+def _start_or_resume(model: nn.Module, optimizer: torch.optim.Optimizer, config: Any, s: LoopSettings,
+                     total_steps: int, resume: bool, overwrite: bool) -> int | None:
+    """The step a run starts at: 0 for a fresh start (the folder checked and ``config.yaml`` written),
+    the checkpoint's step on ``--resume`` (model, optimiser and RNG restored, a changed configuration
+    refused), ``None`` when ``--resume`` finds the run complete."""
+    out = Path(s.out)
+    main_proc = dist.is_main()
     if not resume:
-        check_fresh_output(out, settings.name, overwrite)
+        check_fresh_output(out, s.name, overwrite)
     if resume and (out / "done.json").is_file():
         if main_proc:
             print(f"{out} is complete (done.json); nothing to resume")
@@ -332,102 +355,147 @@ def train_loop(
         if main_proc:
             _record_predated(out / "config.yaml", config, predated)
             print(f"resuming {out} at step {step}/{total_steps}")
-    elif main_proc:
+        return step
+    if main_proc:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
         (out / "metrics.jsonl").unlink(missing_ok=True)
+    return 0
 
-    ddp_model = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_amp = s.amp and device.type == "cuda"
 
-    def save(step_now: int) -> None:
-        if not main_proc:
+def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    if dist.world_size() > 1:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+@dataclass
+class _Run:
+    """One run between its start (or resume) and ``done.json``: the epochs' steps, the checkpoints,
+    and the logs (progress bar, metrics.jsonl, TensorBoard) they feed."""
+
+    model: nn.Module
+    ddp_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_set: Dataset
+    config: Any
+    settings: LoopSettings
+    device: torch.device
+    loss_fn: Callable[[nn.Module, tuple], dict[str, torch.Tensor]]
+    total_steps: int
+    steps_per_epoch: int
+    step: int
+    progress: bool
+
+    def __post_init__(self) -> None:
+        s, main_proc = self.settings, dist.is_main()
+        self.out = Path(s.out)
+        self.board = TensorBoardLog(self.out, self.step) if s.tensorboard and main_proc else None
+        self.bar = tqdm(total=self.total_steps, initial=self.step, desc=s.name, disable=not self.progress, unit="step")
+        self.log = ProgressLog(s.name, self.total_steps, self.step, enabled=None if main_proc and not self.progress else False)
+        self.t0 = time.time()
+
+    def save(self) -> None:
+        """``resume.pt`` and the weights at the current step (main process)."""
+        if not dist.is_main():
             return
-        ckpt.save_resume(out / ckpt.RESUME_NAME, {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "step": step_now,
+        ckpt.save_resume(self.out / ckpt.RESUME_NAME, {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
             "rng": ckpt.rng_state(),
-            "config": _settings(config),
+            "config": _settings(self.config),
         })
-        ckpt.save_weights(model, out / s.weights_name)
+        ckpt.save_weights(self.model, self.out / self.settings.weights_name)
 
-    last_record: dict[str, Any] = {}
-    board = TensorBoardLog(out, step) if s.tensorboard and main_proc else None
-    bar = tqdm(total=total_steps, initial=step, desc=s.name, disable=not progress, unit="step")
-    log = ProgressLog(s.name, total_steps, step, enabled=None if main_proc and not progress else False)
-    t0 = time.time()
-    while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        train_set.epoch = epoch
+    def train_one_epoch(self, epoch: int) -> tuple[float, int]:
+        """The rest of ``epoch`` from the current step (to its end or the run's last step); returns
+        the sum of the logged losses and the number of steps taken."""
+        s, out, world = self.settings, self.out, dist.world_size()
+        n = len(self.train_set)
+        self.train_set.epoch = epoch
         batches = epoch_batches(n, s.batch_size, s.seed, epoch)
         loader = DataLoader(
-            train_set, batch_sampler=_ShardSampler(batches, start, rank, world), num_workers=s.workers,
-            generator=torch.Generator().manual_seed(s.seed), persistent_workers=False,
+            self.train_set, batch_sampler=_ShardSampler(batches, self.step % self.steps_per_epoch, dist.rank(), world),
+            num_workers=s.workers, generator=torch.Generator().manual_seed(s.seed), persistent_workers=False,
         )
-        ddp_model.train()
+        use_amp = s.amp and self.device.type == "cuda"
+        self.ddp_model.train()
         running, count = 0.0, 0
         for batch in loader:
-            set_lr(optimizer, step, total_steps, s.poly_power)
-            batch = tuple(b.to(device, non_blocking=True) if torch.is_tensor(b) else b for b in batch)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                terms = loss_fn(ddp_model, batch)
+            set_lr(self.optimizer, self.step, self.total_steps, s.poly_power)
+            batch = tuple(b.to(self.device, non_blocking=True) if torch.is_tensor(b) else b for b in batch)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                terms = self.loss_fn(self.ddp_model, batch)
             loss = terms["loss"].float()
             if not torch.isfinite(loss):
-                bar.close()
                 raise FloatingPointError(
-                    f"{s.name}: loss is {loss.item()} at step {step} (epoch {epoch}); the last good checkpoint is "
+                    f"{s.name}: loss is {loss.item()} at step {self.step} (epoch {epoch}); the last good checkpoint is "
                     f"{out / ckpt.RESUME_NAME}. Lower the learning rate or check the inputs, then rerun with --resume."
                 )
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if s.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            optimizer.step()
-            step += 1
+                nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+            self.optimizer.step()
+            self.step += 1
             names = list(terms)
             summed = dist.all_reduce_sum(torch.stack([terms[k].detach().float() for k in names])) / world
             logged = dict(zip(names, summed.tolist()))
             running += logged["loss"]
             count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{logged['loss']:.4f}", epoch=epoch)
-            log.update(step)
-            if main_proc and s.log_every and step % s.log_every == 0:
-                append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, **logged,
-                                                     "lr": optimizer.param_groups[0]["lr"]})
-                if board is not None:
-                    board.scalars("train", logged, step)
-                    board.scalars("lr", {str(i): g["lr"] for i, g in enumerate(optimizer.param_groups)}, step)
-            if s.save_every and step % s.save_every == 0:
-                save(step)
-            if step >= total_steps:
+            self._log_step(epoch, logged)
+            if s.save_every and self.step % s.save_every == 0:
+                self.save()
+            if self.step >= self.total_steps:
                 break
-        if step % steps_per_epoch == 0 or step >= total_steps:
-            record = {"epoch": epoch, "step": step, "train_loss": running / max(1, count),
-                      "time_s": round(time.time() - t0, 1)}
-            if evaluate is not None:
-                figures = evaluate(epoch, step >= total_steps)
-                images = {k: v for k, v in figures.items() if isinstance(v, np.ndarray)}
-                record.update({f"val_{k}": v for k, v in figures.items() if k not in images})
-                if board is not None:
-                    board.images(images, step)
-            save(step)
-            last_record = record
-            if main_proc:
-                append_jsonl(out / "metrics.jsonl", record)
-                if board is not None:
-                    board.scalars("epoch", record, step)
-                tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-    bar.close()
-    if board is not None:
-        board.close()
-    if main_proc:
-        final = {"steps": step, "weights": str(out / s.weights_name)}
-        final.update({k: v for k, v in last_record.items() if k.startswith("val_")})
-        if finish is not None:
-            final.update(finish())
-        write_json(out / "done.json", final)
-    return last_record
+        return running, count
+
+    def _log_step(self, epoch: int, logged: Mapping[str, float]) -> None:
+        s, step = self.settings, self.step
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{logged['loss']:.4f}", epoch=epoch)
+        self.log.update(step)
+        if dist.is_main() and s.log_every and step % s.log_every == 0:
+            append_jsonl(self.out / "metrics.jsonl", {"step": step, "epoch": epoch, **logged,
+                                                      "lr": self.optimizer.param_groups[0]["lr"]})
+            if self.board is not None:
+                self.board.scalars("train", logged, step)
+                self.board.scalars("lr", {str(i): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}, step)
+
+    def end_of_epoch(self, epoch: int, running: float, count: int,
+                     evaluate: Callable[[int, bool], dict[str, float]] | None) -> dict[str, Any]:
+        """Evaluate, checkpoint and write the epoch's metrics line; returns the epoch's record."""
+        step = self.step
+        record = {"epoch": epoch, "step": step, "train_loss": running / max(1, count),
+                  "time_s": round(time.time() - self.t0, 1)}
+        if evaluate is not None:
+            figures = evaluate(epoch, step >= self.total_steps)
+            images = {k: v for k, v in figures.items() if isinstance(v, np.ndarray)}
+            record.update({f"val_{k}": v for k, v in figures.items() if k not in images})
+            if self.board is not None:
+                self.board.images(images, step)
+        self.save()
+        if dist.is_main():
+            append_jsonl(self.out / "metrics.jsonl", record)
+            if self.board is not None:
+                self.board.scalars("epoch", record, step)
+            tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        return record
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _write_done(out: Path, s: LoopSettings, step: int, last_record: Mapping[str, Any],
+                finish: Callable[[], dict[str, Any]] | None) -> None:
+    """``done.json``: steps, weights path, the last val figures and what ``finish()`` adds (main process)."""
+    if not dist.is_main():
+        return
+    final = {"steps": step, "weights": str(out / s.weights_name)}
+    final.update({k: v for k, v in last_record.items() if k.startswith("val_")})
+    if finish is not None:
+        final.update(finish())
+    write_json(out / "done.json", final)
