@@ -13,6 +13,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 import yaml
@@ -24,6 +25,42 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration file or option is invalid; the message says how to fix it."""
+
+
+@dataclass
+class TrainRunConfig:
+    """The run settings every training stage (``pretrain``, ``train-cls``, ``train-irn``,
+    ``train-seg``) shares; a stage's config extends it, and the training loop reads them
+    (:meth:`wsss.engine.loop.LoopSettings.from_config`). The YAML stays flat, and ``config.yaml``
+    lists them after the stage's own settings (:func:`config_fields`).
+
+    workers: data-loading processes per process. device: ``auto`` (a GPU if present), ``cpu`` or
+    ``cuda``. amp: bfloat16 autocast on a GPU. seed: data order, augmentation and initialisation.
+    out: the run's folder. save_every: also checkpoint every this many steps (0: at epoch ends
+    only). log_every: a metrics.jsonl line every this many steps.
+    """
+
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    out: str = "runs/train"
+    save_every: int = 0
+    log_every: int = 20
+    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
+    # training setting: a resumed run may switch it.
+    tensorboard: bool = False
+
+
+def config_fields(cfg: Any) -> list[dataclasses.Field]:
+    """The fields of a config dataclass (class or instance) in the order ``config.yaml`` and error
+    messages list them: a training stage's own settings first, then :class:`TrainRunConfig`'s."""
+    fields = list(dataclasses.fields(cfg))
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    if not issubclass(cls, TrainRunConfig):
+        return fields
+    shared = {f.name for f in dataclasses.fields(TrainRunConfig)}
+    return [f for f in fields if f.name not in shared] + [f for f in fields if f.name in shared]
 
 
 def _closest(key: str, options: list[str]) -> str:
@@ -97,7 +134,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in config_fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -118,7 +155,7 @@ def to_dict(cfg: Any) -> dict:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in config_fields(v)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):

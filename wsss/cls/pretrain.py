@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.transforms import normalize
-from wsss.config import ConfigError
+from wsss.config import ConfigError, TrainRunConfig
 from wsss.data.corpus import CORPUS_CLASSES, CORPUS_VERSION, render_corpus_sample
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
@@ -48,7 +48,7 @@ BACKBONE_NAME = "backbone.safetensors"
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainRunConfig):
     """Settings of ``wsss pretrain``.
 
     model: backbone name (``resnet_tiny``, ``conformer_tiny``, ...).
@@ -71,19 +71,13 @@ class PretrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
-    workers: int = 1
     render_workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    seed: int = 0
-    out: str = "runs/pretrain"
     cache: str | None = None
     max_steps: int | None = None
-    save_every: int = 0
-    log_every: int = 20
-    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
-    # training setting: a resumed run may switch it.
-    tensorboard: bool = False
+    # and TrainRunConfig's run settings (workers, device, amp, seed, out, save_every, log_every,
+    # tensorboard), with this stage's default of:
+    out: str = "runs/pretrain"
+    workers: int = 1
 
 
 # -- the corpus on disk ------------------------------------------------------------------------
@@ -254,11 +248,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
         losses = [F.cross_entropy(o.float(), y, label_smoothing=cfg.label_smoothing) for o in net(x)]
         return {"loss": sum(losses)}
 
-    settings = LoopSettings(
-        name="pretrain", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, workers=cfg.workers, amp=cfg.amp, save_every=cfg.save_every,
-        log_every=cfg.log_every, tensorboard=cfg.tensorboard,
-    )
+    settings = LoopSettings.from_config(cfg, "pretrain", cfg.epochs)
     last = train_loop(
         model=model, optimizer=optimizer, train_set=CorpusTrainSet(train_images, train_labels, cfg), config=cfg,
         settings=settings, device=device, loss_fn=loss_fn, resume=resume, overwrite=overwrite, progress=progress,

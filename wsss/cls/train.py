@@ -26,7 +26,7 @@ from tqdm import tqdm
 from wsss.cls.metrics import multilabel_metrics
 from wsss.cls.models import build_classifier
 from wsss.cls.transforms import check_resize_kernel, cls_train_transform, normalize
-from wsss.config import ConfigError
+from wsss.config import ConfigError, TrainRunConfig
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
@@ -36,7 +36,7 @@ from wsss.io import WsssDataError, read_image
 
 
 @dataclass
-class TrainClsConfig:
+class TrainClsConfig(TrainRunConfig):
     """Settings of ``wsss train-cls``.
 
     model: backbone name (``conformer_tiny``, ``conformer_s16``, ``resnet50``...).
@@ -84,17 +84,10 @@ class TrainClsConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     poly_power: float = 0.9
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    seed: int = 0
-    out: str = "runs/cls"
     max_steps: int | None = None
-    save_every: int = 0
-    log_every: int = 20
-    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
-    # training setting: a resumed run may switch it.
-    tensorboard: bool = False
+    # and TrainRunConfig's run settings (workers, device, amp, seed, out, save_every, log_every,
+    # tensorboard), with this stage's default of:
+    out: str = "runs/cls"
 
 
 CONFIG_IMPLIED = {"resize": "opencv"}
@@ -212,11 +205,7 @@ def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True, 
         out_dict = net(x)
         return {"loss": model.loss({k: v.float() for k, v in out_dict.items()}, y, *masks)}
 
-    settings = LoopSettings(
-        name="train-cls", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
-        save_every=cfg.save_every, log_every=cfg.log_every, tensorboard=cfg.tensorboard, implied=CONFIG_IMPLIED,
-    )
+    settings = LoopSettings.from_config(cfg, "train-cls", cfg.epochs, implied=CONFIG_IMPLIED)
     last = train_loop(
         model=model, optimizer=optimizer, train_set=train_set, config=cfg, settings=settings,
         device=device, loss_fn=loss_fn, resume=resume, overwrite=overwrite, progress=progress,

@@ -32,7 +32,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.config import ConfigError, read_yaml, save_config, to_dict
+from wsss.config import ConfigError, TrainRunConfig, read_yaml, save_config, to_dict
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.optim import GroupSpec, make_optimizer  # noqa: F401  (re-exported)
@@ -109,6 +109,22 @@ class LoopSettings:
     weights_name: str = ckpt.WEIGHTS_NAME
     implied: Mapping[str, Any] = field(default_factory=dict)
     tensorboard: bool = False
+
+    @classmethod
+    def from_config(cls, config: TrainRunConfig, name: str, epochs: int, **overrides: Any) -> "LoopSettings":
+        """The loop's settings read from a stage's config (a :class:`~wsss.config.TrainRunConfig`):
+        its run settings, ``batch_size``, and ``max_steps`` / ``poly_power`` where it has them;
+        ``overrides`` for what the stage derives (train-seg's ``max_steps`` from its iterations)."""
+        values = dict(
+            name=name, out=Path(config.out), seed=config.seed, batch_size=config.batch_size, epochs=epochs,
+            workers=config.workers, amp=config.amp, save_every=config.save_every, log_every=config.log_every,
+            tensorboard=config.tensorboard,
+        )
+        for key in ("max_steps", "poly_power"):
+            if hasattr(config, key):
+                values[key] = getattr(config, key)
+        values.update(overrides)
+        return cls(**values)
 
 
 # Settings that cannot change what is trained: a resumed run may use other values.

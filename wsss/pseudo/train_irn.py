@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from wsss.data.transforms import check_resize_kernel, normalize, random_crop, resize_to, scaled_size
-from wsss.config import ConfigError, load_config
+from wsss.config import ConfigError, TrainRunConfig, load_config
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
@@ -50,7 +50,7 @@ WEIGHTS_NAME = "boundary.safetensors"
 
 
 @dataclass
-class TrainIrnConfig:
+class TrainIrnConfig(TrainRunConfig):
     """Settings of ``wsss train-irn``.
 
     ir_labels: folder of IR label PNGs (``<id>.png``, 255 = unknown) for the images of ``data``.
@@ -86,17 +86,10 @@ class TrainIrnConfig:
     weight_decay: float = 1e-4
     momentum: float = 1e-4
     poly_power: float = 0.9
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    seed: int = 0
-    out: str = "runs/irn"
     max_steps: int | None = None
-    save_every: int = 0
-    log_every: int = 20
-    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
-    # training setting: a resumed run may switch it.
-    tensorboard: bool = False
+    # and TrainRunConfig's run settings (workers, device, amp, seed, out, save_every, log_every,
+    # tensorboard), with this stage's default of:
+    out: str = "runs/irn"
 
 
 CONFIG_IMPLIED = {"resize": "opencv"}
@@ -212,11 +205,7 @@ def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True, 
         return {"loss": terms["loss"] * world, "bg_pos": terms["bg"] * world, "fg_pos": terms["fg"] * world,
                 "neg": terms["neg"] * world}
 
-    settings = LoopSettings(
-        name="train-irn", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
-        save_every=cfg.save_every, log_every=cfg.log_every, tensorboard=cfg.tensorboard, weights_name=WEIGHTS_NAME, implied=CONFIG_IMPLIED,
-    )
+    settings = LoopSettings.from_config(cfg, "train-irn", cfg.epochs, weights_name=WEIGHTS_NAME, implied=CONFIG_IMPLIED)
     last = train_loop(
         model=model, optimizer=optimizer, train_set=IrnTrainSet(train_ds, cfg), config=cfg, settings=settings,
         device=device, loss_fn=loss_fn, resume=resume, overwrite=overwrite, progress=progress,

@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from wsss.config import TrainRunConfig
 from wsss.data import DataConfig
 
 CLASS_NAMES_FILE = "class_names.txt"
 
 
 @dataclass
-class TrainSegConfig:
+class TrainSegConfig(TrainRunConfig):
     """Settings of ``wsss train-seg``.
 
     data: training images; ``data.masks`` = the pseudo-mask folder (unset: ground truth).
@@ -70,18 +71,11 @@ class TrainSegConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     sync_bn: bool = True
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    seed: int = 0
-    out: str = "runs/seg"
-    save_every: int = 0
-    log_every: int = 20
-    # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
-    # training setting: a resumed run may switch it.
-    tensorboard: bool = False
     val_every: int = 1
     # Keep the weights of the best val mIoU among the evaluations in the last this many iterations
     # (PCAA's code: the best of the last 10k) as model.safetensors, the last ones as
     # last.safetensors; 0 = the last weights. Needs val_split.
     keep_best: int = 0
+    # and TrainRunConfig's run settings (workers, device, amp, seed, out, save_every, log_every,
+    # tensorboard), with this stage's default of:
+    out: str = "runs/seg"

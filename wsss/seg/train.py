@@ -200,11 +200,7 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
             figures["predictions"] = val_grid(model, val_ds, base_size=cfg.base_size)
         return figures
 
-    settings = LoopSettings(
-        name=f"train-seg {cfg.head}", out=out, seed=cfg.seed, batch_size=cfg.batch_size, epochs=epochs,
-        max_steps=cfg.iterations, poly_power=cfg.poly_power, workers=cfg.workers, amp=cfg.amp,
-        save_every=cfg.save_every, log_every=cfg.log_every, tensorboard=cfg.tensorboard,
-    )
+    settings = LoopSettings.from_config(cfg, f"train-seg {cfg.head}", epochs, max_steps=cfg.iterations)
     if not resume:
         check_fresh_output(out, "train-seg", overwrite)
         if dist.is_main():
