@@ -45,6 +45,7 @@ from typing import Any, Callable
 from wsss.config import ConfigError, from_dict, read_yaml
 from wsss.engine import dist
 from wsss.io import write_json, write_text
+from wsss.registry import Registry
 
 STEP_FILE = "recipe_step.json"
 
@@ -158,18 +159,18 @@ def _markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-STAGES: dict[str, Callable[[dict, Path, bool], None]] = {
-    "make_toy": _make_toy,
-    "train_cls": _train_cls,
-    "extract_cam": _extract_cam,
-    "eval_cam": _eval_cam,
-    "make_pseudo": _make_pseudo,
-    "eval": _eval,
-    "train_seg": _train_seg,
-    "predict": _predict,
-    "figure": _figure,
-    "report": _report,
-}
+STAGES: Registry = Registry("stage", error=ConfigError, sort_known=False, items=[
+    ("make_toy", _make_toy),
+    ("train_cls", _train_cls),
+    ("extract_cam", _extract_cam),
+    ("eval_cam", _eval_cam),
+    ("make_pseudo", _make_pseudo),
+    ("eval", _eval),
+    ("train_seg", _train_seg),
+    ("predict", _predict),
+    ("figure", _figure),
+    ("report", _report),
+])
 
 
 def _stage_config(stage: str) -> type | None:
@@ -307,8 +308,7 @@ def load_recipe(path: str | Path, run_dir: str | Path | None = None, variables: 
         if not isinstance(s, dict) or "name" not in s or "stage" not in s:
             raise ConfigError(f"{path}: step {i + 1} needs a name and a stage")
         if s["stage"] not in STAGES:
-            raise ConfigError(f"{path}: step '{s['name']}' has unknown stage '{s['stage']}'; "
-                              f"known: {', '.join(STAGES)}")
+            raise ConfigError(f"{path}: step '{s['name']}': {STAGES.unknown_message(s['stage'])}")
         if s["name"] in values:
             raise ConfigError(f"{path}: step name '{s['name']}' is used twice (or clashes with a variable)")
         values[s["name"]] = str(run / s["name"])

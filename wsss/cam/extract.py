@@ -35,17 +35,15 @@ from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.cam.files import CAM_FILE_SUFFIX, load_cam, save_cam  # noqa: F401  (re-exported)
 from wsss.io import WsssDataError, write_json
+from wsss.registry import Registry
 
 MethodFn = Callable[[torch.nn.Module, torch.Tensor, "ExtractCamConfig"], torch.Tensor]
-CAM_METHODS: dict[str, MethodFn] = {}
+CAM_METHODS: Registry = Registry("CAM method", error=ConfigError, sort_known=False)
 
 
 def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
-    def deco(fn: MethodFn) -> MethodFn:
-        CAM_METHODS[name] = fn
-        return fn
-
-    return deco
+    """Decorator adding a CAM method to :data:`CAM_METHODS` under ``name``."""
+    return CAM_METHODS.register(name)
 
 
 @register_method("cam")
@@ -292,8 +290,7 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     """Run the stage over ``cfg.data``; returns the output folder. Images already
     written are skipped (unless ``overwrite``); under torchrun each rank takes
     every world_size-th image."""
-    if cfg.method not in CAM_METHODS:
-        raise ConfigError(f"unknown CAM method '{cfg.method}'; choose one of {', '.join(CAM_METHODS)}")
+    CAM_METHODS.lookup(cfg.method)
     if cfg.diffusion not in ("distribute", "average"):
         raise ConfigError(f"diffusion must be 'distribute' or 'average', got '{cfg.diffusion}'")
     if cfg.resize not in ("pil", "opencv"):

@@ -14,9 +14,16 @@ from wsss.data.scenes import ADE20KDataset, CityscapesDataset, PascalContextData
 from wsss.data.labels import LabelTable, load_cls_labels, read_named_labels, save_cls_labels
 from wsss.data.voc import VOC_CLASSES, VOCDataset
 from wsss.io import WsssDataError
+from wsss.registry import Registry
 
-DATASETS = {"voc": VOCDataset, "coco": COCODataset, "folder": FolderDataset, "cityscapes": CityscapesDataset,
-            "ade20k": ADE20KDataset, "pascal_context": PascalContextDataset}
+DATASETS: Registry = Registry("dataset kind", error=WsssDataError, sort_known=False, items=[
+    ("voc", VOCDataset),
+    ("coco", COCODataset),
+    ("folder", FolderDataset),
+    ("cityscapes", CityscapesDataset),
+    ("ade20k", ADE20KDataset),
+    ("pascal_context", PascalContextDataset),
+])
 DATA_KINDS = tuple(DATASETS)
 
 
@@ -46,8 +53,7 @@ class DataConfig:
 
 
 def build_dataset(cfg: DataConfig, split: str | None = None) -> SegDataset:
-    if cfg.kind not in DATASETS:
-        raise WsssDataError(f"unknown dataset kind '{cfg.kind}'; choose one of {', '.join(DATASETS)}")
+    reader = DATASETS.lookup(cfg.kind)
     if not cfg.root:
         raise WsssDataError("no dataset root given: set data.root in the config or pass --data-root")
     kwargs = dict(labels=cfg.labels, masks=cfg.masks, list_file=cfg.list_file if split is None else None)
@@ -55,7 +61,7 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> SegDataset:
         kwargs["category_ids"] = cfg.category_ids
     if cfg.kind == "folder":
         kwargs["val_fraction"] = cfg.val_fraction
-    return DATASETS[cfg.kind](cfg.root, split or cfg.split, **kwargs)
+    return reader(cfg.root, split or cfg.split, **kwargs)
 
 
 __all__ = [

@@ -8,7 +8,6 @@ file with ``pretrained_path=`` (ResNets) or :func:`load_weights`.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,10 +16,11 @@ from torch import nn
 
 from wsss.models.resnet import CAM_OS16, SEG_OS8, RESNET_CONFIGS, ResNetBackbone, build_resnet
 from wsss.models.weights import LoadReport, WeightsMismatchError, load_weights, save_safetensors
+from wsss.registry import Registry
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+BACKBONES: Registry = Registry("backbone")
 
 # The names conformer.CONFORMER_CONFIGS provides; listed here so that listing
 # backbones does not import that module.
@@ -30,13 +30,7 @@ CONFORMER_NAMES = ("conformer_tiny", "conformer_ti16", "conformer_s16", "conform
 def register_backbone(name: str) -> Callable[[Builder], Builder]:
     """Decorator adding ``fn`` to :data:`BACKBONES` under ``name``."""
 
-    def register(fn: Builder) -> Builder:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        BACKBONES[name] = fn
-        return fn
-
-    return register
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
@@ -47,11 +41,7 @@ def list_backbones() -> list[str]:
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """Build the backbone registered as ``name``; ``kwargs`` go to its builder
     (for ResNets: :func:`wsss.models.resnet.build_resnet`)."""
-    if name not in BACKBONES:
-        close = difflib.get_close_matches(name, BACKBONES, n=1)
-        suggestion = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown backbone {name!r}.{suggestion} Known backbones: {', '.join(list_backbones())}")
-    return BACKBONES[name](**kwargs)
+    return BACKBONES.lookup(name)(**kwargs)
 
 
 def _build_conformer(name: str, **kwargs) -> nn.Module:

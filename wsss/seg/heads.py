@@ -22,23 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.partial import pad_to_multiple  # noqa: F401  (re-exported: its home was this module)
+from wsss.registry import Registry
 from wsss.seg.psamask import psamask
 
 HeadType = TypeVar("HeadType", bound=type[nn.Module])
 
-HEADS: dict[str, type[nn.Module]] = {}
+HEADS: Registry = Registry("head")
 
 
 def register_head(name: str) -> Callable[[HeadType], HeadType]:
     """Class decorator adding a head to :data:`HEADS` under ``name``."""
 
-    def register(cls: HeadType) -> HeadType:
-        if name in HEADS:
-            raise ValueError(f"head {name!r} is already registered")
-        HEADS[name] = cls
-        return cls
-
-    return register
+    return HEADS.register(name)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:

@@ -7,7 +7,6 @@ auxiliary head on ``layer3`` (PSPNet's deep supervision, used by all three paper
 """
 from __future__ import annotations
 
-import difflib
 import shlex
 from pathlib import Path
 from typing import Sequence
@@ -206,10 +205,7 @@ def build_segmenter(
     ``aux_weight`` 0 builds no auxiliary head (the DeepLab v2 that AD-CAM and IRN train on pseudo
     labels has none). ``class_weights`` / ``ohem_*``: the cross entropy's (:class:`Segmenter`).
     """
-    if head not in HEADS:
-        close = difflib.get_close_matches(head, HEADS, n=1)
-        suggestion = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown head {head!r}.{suggestion} Known heads: {', '.join(sorted(HEADS))}")
+    head_class = HEADS.lookup(head)
     from wsss.models import SEG_OS8, build_backbone
 
     net = build_backbone(backbone, **SEG_OS8, contract_dilation=contract_dilation, multi_grid=multi_grid,
@@ -217,7 +213,7 @@ def build_segmenter(
     channels = net.out_channels
     return Segmenter(
         backbone=net,
-        head=HEADS[head](in_channels=channels["layer4"], num_classes=num_classes, **head_kwargs),
+        head=head_class(in_channels=channels["layer4"], num_classes=num_classes, **head_kwargs),
         aux_head=None if aux_weight == 0 else FCNHead(
             in_channels=channels["layer3"],
             num_classes=num_classes,
