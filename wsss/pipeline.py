@@ -371,12 +371,12 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, only: list[str] | None 
     if main:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
     deps = _dependencies(recipe)
-    prints: dict[str, str] = {}
+    fingerprints: dict[str, str] = {}
     states: dict[str, str] = {}
     for step in recipe.steps:
         out = recipe.run_dir / step.name
-        fp = _fingerprint(step, {d: prints[d] for d in sorted(deps[step.name])})
-        prints[step.name] = fp
+        fp = _fingerprint(step, {d: fingerprints[d] for d in sorted(deps[step.name])})
+        fingerprints[step.name] = fp
         if only and step.name not in only:
             continue
         state = _rank0(step, lambda: _prepare_step(step, out, fp, deps, states))
@@ -413,12 +413,12 @@ def _rank0(step: Step, work: Callable[[], Any]) -> Any:
             result = work()
         except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
             failure = e
-    said = dist.broadcast_object((result, None if failure is None else f"{type(failure).__name__}: {failure}"))
+    rank0_outcome = dist.broadcast_object((result, None if failure is None else f"{type(failure).__name__}: {failure}"))
     if failure is not None:
         raise failure
-    if said[1] is not None:
-        raise ConfigError(f"step '{step.name}' failed in rank 0 ({said[1]}); stopping this rank too")
-    return said[0]
+    if rank0_outcome[1] is not None:
+        raise ConfigError(f"step '{step.name}' failed in rank 0 ({rank0_outcome[1]}); stopping this rank too")
+    return rank0_outcome[0]
 
 
 def _prepare_step(step: Step, out: Path, fp: str, deps: dict[str, set[str]], states: dict[str, str]) -> str:

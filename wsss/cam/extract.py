@@ -218,9 +218,9 @@ def compute_cams(
     h, w = image.shape[:2]
     keys = np.flatnonzero(label > 0).astype(np.int64)
     strided = (math.ceil(h / 4), math.ceil(w / 4))
-    up = (math.ceil(h / 16) * 16, math.ceil(w / 16) * 16)
+    padded_size = (math.ceil(h / 16) * 16, math.ceil(w / 16) * 16)
     cam = torch.zeros((len(keys),) + strided, device=device)
-    high = torch.zeros((len(keys),) + up, device=device)
+    high = torch.zeros((len(keys),) + padded_size, device=device)
     key_t = torch.from_numpy(keys).to(device)
     for scale in cfg.scales:
         x = torch.from_numpy(normalize(np.ascontiguousarray(_resize(image, scale, cfg.resize))))[None].to(device)
@@ -231,7 +231,7 @@ def compute_cams(
             raise RuntimeError(f"method '{cfg.method}' returned negative activations")
         m = maps[0] + maps[1].flip(-1) if cfg.flip else maps[0]
         cam += F.interpolate(m[None], strided, mode="bilinear", align_corners=False)[0]
-        high += F.interpolate(m[None], up, mode="bilinear", align_corners=False)[0]
+        high += F.interpolate(m[None], padded_size, mode="bilinear", align_corners=False)[0]
     high = high[:, :h, :w]
     cam /= cam.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(keys) else 1
     high /= high.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(keys) else 1

@@ -131,7 +131,7 @@ class LoopSettings:
 RUNTIME_ONLY = ("workers", "tensorboard")
 
 
-def _settings(config: Any) -> dict[str, Any]:
+def _resume_settings(config: Any) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_ONLY}
 
 
@@ -355,7 +355,7 @@ def _start_or_resume(model: nn.Module, optimizer: torch.optim.Optimizer, config:
         return None
     if resume and (out / ckpt.RESUME_NAME).is_file():
         state = ckpt.load_resume(out / ckpt.RESUME_NAME)
-        now = _settings(config)
+        now = _resume_settings(config)
         predated = [k for k in s.implied if k not in state["config"] and k in now]
         recorded = {**{k: s.implied[k] for k in predated}, **state["config"]}
         if recorded != now:
@@ -420,7 +420,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "rng": ckpt.rng_state(),
-            "config": _settings(self.config),
+            "config": _resume_settings(self.config),
         })
         ckpt.save_weights(self.model, self.out / self.settings.weights_name)
 

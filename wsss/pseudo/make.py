@@ -145,7 +145,7 @@ def calibrated(cfg: MakePseudoConfig) -> tuple[MakePseudoConfig, float | None]:
                    conf_bg=calibrate_threshold(cfg.conf_bg, s), threshold=calibrate_threshold(cfg.threshold, s)), s
 
 
-def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
+def _mask_one_image(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
     from wsss.pseudo.crf import crf_refine_cams, ir_label
 
     cams = load_cam(cfg.cam_dir, image_id)
@@ -168,8 +168,8 @@ def _one(image_id: str, image_path: str, cfg: MakePseudoConfig) -> str:
     return image_id
 
 
-def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
-    """Run :func:`_one` on every image not yet in ``out`` (in ``workers`` processes; under
+def _masks_image_by_image(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
+    """Run :func:`_mask_one_image` on every image not yet in ``out`` (in ``workers`` processes; under
     ``torchrun`` each rank takes every ``world``-th image, and all wait for the last)."""
     todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
     paths = [str(ds.image_path(i)) for i in todo]
@@ -177,16 +177,16 @@ def _map_images(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
 
     if cfg.workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(cfg.workers, initializer=die_with_parent) as pool:
-            for _ in tracked(pool.map(partial(_one, cfg=cfg), todo, paths, chunksize=4), f"make-pseudo {cfg.refine}",
+            for _ in tracked(pool.map(partial(_mask_one_image, cfg=cfg), todo, paths, chunksize=4), f"make-pseudo {cfg.refine}",
                              progress, total=len(todo)):
                 pass
     else:
         for image_id, path in tracked(list(zip(todo, paths)), f"make-pseudo {cfg.refine}", progress):
-            _one(image_id, path, cfg)
+            _mask_one_image(image_id, path, cfg)
     dist.barrier()
 
 
-def _settings(cfg: MakePseudoConfig) -> dict:
+def _manifest_settings(cfg: MakePseudoConfig) -> dict:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device")}
     if cfg.refine != "irn":
         for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad"):
@@ -247,7 +247,7 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
     out = Path(cfg.out)
     run, seed_threshold = calibrated(cfg)
-    settings = _settings(cfg)
+    settings = _manifest_settings(cfg)
     if seed_threshold is not None:
         settings["calibrated"] = {k: round(getattr(run, k), 6) for k in ("conf_fg", "conf_bg", "threshold")}
     if cfg.mask_format not in ("palette", "index"):
@@ -271,9 +271,9 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
               f"conf_fg {run.conf_fg:.3f}, conf_bg {run.conf_bg:.3f}, threshold {run.threshold:.3f} "
               f"(IRN scale: {cfg.conf_fg:g}, {cfg.conf_bg:g}, {cfg.threshold:g})")
     if cfg.refine == "irn":
-        _irn(run, ds, out, progress)
+        _masks_with_irn(run, ds, out, progress)
     else:
-        _map_images(run, ds, out, progress)
+        _masks_image_by_image(run, ds, out, progress)
     if dist.is_main():
         warn_if_background_only(out, ds.ids)
         write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
@@ -286,7 +286,7 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     return out
 
 
-def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
+def _masks_with_irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     """IRN's three steps; each one skips what an earlier, interrupted run finished."""
     from wsss.pseudo.train_irn import load_boundary_net, train_irn
 
@@ -295,7 +295,7 @@ def _irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     if cfg.irn_dir is None:
         label_cfg = replace(cfg, refine="ir-label", out=str(ir_dir))
         ir_dir.mkdir(parents=True, exist_ok=True)
-        _map_images(label_cfg, ds, ir_dir, progress)
+        _masks_image_by_image(label_cfg, ds, ir_dir, progress)
         irn_cfg = replace(cfg.irn, data=cfg.data, ir_labels=str(ir_dir), out=str(irn_dir), device=cfg.device)
         train_irn(irn_cfg, resume=True, progress=progress)
     device = dist.init_distributed(cfg.device)
