@@ -181,7 +181,7 @@ def make_toy_cmd(out: Path, size: int, num_train: int, num_val: int, seed: int, 
 @click.option("--workers", type=click.IntRange(1), default=None, help="Threads decoding PNGs [default: 4].")
 def eval_cmd(config_path, pred, gt, data_kind, data_root, split, ids, classes, out, workers) -> None:
     """Score masks: per-class IoU, FP, FN (percent) and mIoU, as papers report them."""
-    from wsss.evaluate import EvalConfig, evaluate_folders
+    from wsss.eval.masks import EvalConfig, evaluate_folders
 
     cfg = load_config(
         EvalConfig, config_path,
@@ -195,7 +195,7 @@ def eval_cmd(config_path, pred, gt, data_kind, data_root, split, ids, classes, o
     metrics = evaluate_folders(cfg, progress=sys.stderr.isatty())
     click.echo(metrics.table())
     click.echo(f"mIoU {100 * metrics.miou:.2f}  FP {100 * metrics.mean_fp:.2f}  FN {100 * metrics.mean_fn:.2f}")
-    from wsss.metrics import collapse_warning
+    from wsss.eval.metrics import collapse_warning
 
     warning = collapse_warning(metrics.confusion, metrics.class_names, "predicted pixels")
     if warning:
@@ -359,7 +359,7 @@ def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, s
 @click.option("--out", default=None, help="JSON of the sweep [default: <cam-dir>/eval_cam.json; plot beside it].")
 def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, threshold, out) -> None:
     """Seed quality: background-threshold sweep, best mIoU with its FP and FN (AD-CAM Table 3)."""
-    from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
+    from wsss.eval.cams import EvalCamConfig, evaluate_cams
 
     cfg = load_config(EvalCamConfig, config_path, {
         "cam_dir": cam_dir, "data.kind": data_kind, "data.root": data_root, "data.split": split, "out": out,

@@ -63,7 +63,7 @@ def _extract_cam(settings: dict, out: Path, progress: bool) -> None:
 
 
 def _eval_cam(settings: dict, out: Path, progress: bool) -> None:
-    from wsss.cam.evaluate import EvalCamConfig, evaluate_cams
+    from wsss.eval.cams import EvalCamConfig, evaluate_cams
 
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate_cams(from_dict(EvalCamConfig, {**settings, "out": str(out / "eval.json")}), progress=progress)
@@ -79,12 +79,12 @@ def _make_pseudo(settings: dict, out: Path, progress: bool) -> None:
 
 
 def _eval(settings: dict, out: Path, progress: bool) -> None:
-    from wsss.evaluate import EvalConfig, evaluate_folders
+    from wsss.eval.masks import EvalConfig, evaluate_folders
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_folders(from_dict(EvalConfig, {**settings, "out": str(out / "eval.json")}), progress=progress)
     print(f"mIoU {100 * metrics.miou:.2f}  FP {100 * metrics.mean_fp:.2f}  FN {100 * metrics.mean_fn:.2f}")
-    from wsss.metrics import collapse_warning
+    from wsss.eval.metrics import collapse_warning
 
     warning = collapse_warning(metrics.confusion, metrics.class_names, "predicted pixels")
     if warning:
@@ -180,11 +180,11 @@ def _stage_config(stage: str) -> type | None:
     elif stage == "extract_cam":
         from wsss.cam.extract import ExtractCamConfig as cls
     elif stage == "eval_cam":
-        from wsss.cam.evaluate import EvalCamConfig as cls
+        from wsss.eval.cams import EvalCamConfig as cls
     elif stage == "make_pseudo":
         from wsss.pseudo.make import MakePseudoConfig as cls
     elif stage == "eval":
-        from wsss.evaluate import EvalConfig as cls
+        from wsss.eval.masks import EvalConfig as cls
     elif stage == "train_seg":
         from wsss.seg.train import TrainSegConfig as cls
     elif stage == "predict":

@@ -12,7 +12,7 @@ import numpy as np
 from wsss.cam.files import load_cam
 from wsss.data.base import SegDataset
 from wsss.io import WsssDataError, read_mask, voc_palette, write_image
-from wsss.metrics import cam_to_mask
+from wsss.eval.metrics import cam_to_mask
 
 _PALETTE = voc_palette()
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.cls.metrics import multilabel_metrics
+from wsss.eval.multilabel import multilabel_metrics
 from wsss.cls.models import build_classifier
 from wsss.cls.transforms import check_resize_kernel, cls_train_transform, normalize
 from wsss.config import ConfigError, TrainRunConfig

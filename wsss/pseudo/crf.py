@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsss.io import IGNORE_INDEX
-from wsss.metrics import cam_to_mask
+from wsss.eval.metrics import cam_to_mask
 
 
 def _densecrf():

@@ -39,7 +39,7 @@ from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.engine.workers import die_with_parent
 from wsss.io import WsssDataError, atomic_write, read_image, read_image_size, write_gray, write_json, write_mask
-from wsss.metrics import cam_to_mask
+from wsss.eval.metrics import cam_to_mask
 from wsss.pseudo.irnet import infer_boundary
 from wsss.pseudo.random_walk import irn_postprocess, propagate_batch
 from wsss.pseudo.train_irn import TrainIrnConfig

@@ -13,7 +13,7 @@ from wsss.config import ConfigError
 from wsss.data.base import SegDataset
 from wsss.data.transforms import normalize
 from wsss.engine import dist
-from wsss.metrics import ConfusionMatrix, SegMetrics
+from wsss.eval.metrics import ConfusionMatrix, SegMetrics
 
 INFER_MODES = ("whole", "slide")
 

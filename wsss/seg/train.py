@@ -40,7 +40,7 @@ from wsss.engine import dist
 from wsss.engine.syncbn import convert_sync_batchnorm
 from wsss.engine.loop import LoopSettings, SeededTrainSet, check_fresh_output, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image, write_json, write_text
-from wsss.metrics import collapse_warning
+from wsss.eval.metrics import collapse_warning
 from wsss.seg.config import CLASS_NAMES_FILE, TrainSegConfig
 from wsss.seg.inference import evaluate_segmenter, segment
 from wsss.seg.model import build_from_config, head_kwargs  # noqa: F401  (head_kwargs re-exported: its home was this module)
