@@ -205,20 +205,11 @@ def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "c
     from safetensors.torch import load_file
 
     from wsss.config import read_yaml
-    from wsss.engine.checkpoint import WEIGHTS_NAME, load_state_strict
+    from wsss.engine.checkpoint import load_state_strict
+    from wsss.engine.loop import finished_run_weights
 
     cls_dir = Path(cls_dir)
-    weights = cls_dir / WEIGHTS_NAME
-    if not (cls_dir / "config.yaml").is_file() or not weights.is_file():
-        raise FileNotFoundError(
-            f"{cls_dir} is not a train-cls output folder (needs config.yaml and {WEIGHTS_NAME}); "
-            f"run 'wsss train-cls --out {cls_dir}' first"
-        )
-    import shlex
-
-    from wsss.engine.loop import require_finished
-
-    require_finished(cls_dir, "train-cls", f"wsss train-cls --config {shlex.quote(str(cls_dir / 'config.yaml'))} --resume")
+    weights = finished_run_weights(cls_dir, "train-cls")
     cfg = read_yaml(cls_dir / "config.yaml")
     state = load_file(str(weights))
     head = state.get("net.conv_cls_head.weight", state.get("classifier.weight"))

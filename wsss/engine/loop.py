@@ -242,6 +242,23 @@ def require_finished(folder: Path, stage: str, continue_hint: str) -> None:
         )
 
 
+def finished_run_weights(run_dir: str | Path, stage: str) -> Path:
+    """The weights file of a finished ``stage`` run in ``run_dir`` (``wsss train-cls`` or ``train-seg``):
+    refused with the command to run when the folder lacks ``config.yaml`` or the weights, and with
+    the command that finishes it when it has no ``done.json`` (:func:`require_finished`)."""
+    import shlex
+
+    run_dir = Path(run_dir)
+    weights = run_dir / ckpt.WEIGHTS_NAME
+    if not (run_dir / "config.yaml").is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a {stage} output folder (needs config.yaml and {ckpt.WEIGHTS_NAME}); "
+            f"run 'wsss {stage} --out {run_dir}' first"
+        )
+    require_finished(run_dir, stage, f"wsss {stage} --config {shlex.quote(str(run_dir / 'config.yaml'))} --resume")
+    return weights
+
+
 class TensorBoardLog:
     """TensorBoard events beside ``metrics.jsonl`` (which stays the source of truth), in
     ``out/tensorboard``: every logged loss term as ``train/<name>``, the learning rate of each

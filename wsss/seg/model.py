@@ -7,7 +7,6 @@ auxiliary head on ``layer3`` (PSPNet's deep supervision, used by all three paper
 """
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from wsss.config import load_config
 from wsss.engine import checkpoint as ckpt
-from wsss.engine.loop import require_finished
+from wsss.engine.loop import finished_run_weights
 from wsss.engine.optim import GroupSpec
 from wsss.io import IGNORE_INDEX
 from wsss.seg.config import CLASS_NAMES_FILE, TrainSegConfig
@@ -318,13 +317,7 @@ def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cp
     """The network a ``train-seg`` run wrote to ``seg_dir`` (strict load), in eval
     mode, and its :class:`~wsss.seg.config.TrainSegConfig`."""
     seg_dir = Path(seg_dir)
-    weights = seg_dir / ckpt.WEIGHTS_NAME
-    if not (seg_dir / "config.yaml").is_file() or not weights.is_file():
-        raise FileNotFoundError(
-            f"{seg_dir} is not a train-seg output folder (needs config.yaml and {ckpt.WEIGHTS_NAME}); "
-            f"run 'wsss train-seg --out {seg_dir}' first"
-        )
-    require_finished(seg_dir, "train-seg", f"wsss train-seg --config {shlex.quote(str(seg_dir / 'config.yaml'))} --resume")
+    weights = finished_run_weights(seg_dir, "train-seg")
     cfg = load_config(TrainSegConfig, seg_dir / "config.yaml")
     names = (seg_dir / CLASS_NAMES_FILE).read_text().split("\n") if (seg_dir / CLASS_NAMES_FILE).is_file() else None
     if not names:
