@@ -202,16 +202,14 @@ def build_classifier(
 def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the classifier a ``train-cls`` run wrote to ``cls_dir`` and load its
     weights strictly. Returns the model in eval mode and the run's config dict."""
-    from safetensors.torch import load_file
-
     from wsss.config import read_yaml
-    from wsss.engine.checkpoint import load_state_strict
+    from wsss.engine.checkpoint import load_state_strict, load_weights_file
     from wsss.engine.loop import finished_run_weights
 
     cls_dir = Path(cls_dir)
     weights = finished_run_weights(cls_dir, "train-cls")
     cfg = read_yaml(cls_dir / "config.yaml")
-    state = load_file(str(weights))
+    state = load_weights_file(weights)
     head = state.get("net.conv_cls_head.weight", state.get("classifier.weight"))
     if head is None:
         raise ValueError(f"{weights} holds neither a Conformer nor a ResNet CAM classifier head")
