@@ -193,6 +193,10 @@ def coneighbor_similarity(A: torch.Tensor) -> torch.Tensor:
             band = torch.bmm(R[:, a0:a1], Rt[:, :, a0:])
             S[:, a0:a1, a0:] = band
             S[:, a1:, a0:a1] = band[:, :, a1 - a0:].transpose(1, 2)
+            # the diagonal block from its upper triangle too: a BLAS kernel need not give (i, j) and
+            # (j, i) the same summation order (torch 2.14's CPU bmm does not), and S is exactly symmetric
+            diag = band[:, :, : a1 - a0]
+            S[:, a0:a1, a0:a1] = diag.triu() + diag.triu(1).transpose(1, 2)
         return S
 
 
