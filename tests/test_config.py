@@ -115,3 +115,28 @@ def test_implied_settings_fill_in_nested_records(tmp_path):
                               implied=implied)
     with pytest.raises(ConfigError, match="other settings \\(irn\\)"):  # without the implied value: a new key
         check_output_settings(tmp_path, {"refine": "irn", "irn": {"crop": 512, "resize": "opencv"}}, "masks")
+
+
+def test_fixed_choices_are_refused_the_same_from_yaml_and_from_python(tmp_path):
+    from wsss.cls.train import TrainClsConfig
+    from wsss.config import check_choices
+    from wsss.pseudo.make import MakePseudoConfig
+    from wsss.pseudo.train_irn import TrainIrnConfig
+    from wsss.seg.config import TrainSegConfig
+    from wsss.seg.train import train_seg
+
+    # from a file or option: refused while the file is read, naming the nested key
+    (tmp_path / "bad.yaml").write_text("focal_reduction: avg\n")
+    with pytest.raises(ConfigError, match="^focal_reduction must be 'sum' or 'mean', got 'avg'$"):
+        load_config(TrainSegConfig, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="^irn.resize must be 'pil' or 'opencv', got 'cubic'$"):
+        load_config(MakePseudoConfig, None, {"irn.resize": "cubic"})
+    with pytest.raises(ConfigError, match="^device must be one of auto, cpu, cuda, got 'gpu'$"):
+        load_config(TrainClsConfig, None, {"device": "gpu"})
+    # built in Python: the same message from check_choices, before the stage writes anything
+    check_choices(TrainSegConfig())  # the defaults are valid choices
+    with pytest.raises(ConfigError, match="^irn.device must be one of auto, cpu, cuda, got 'tpu'$"):
+        check_choices(MakePseudoConfig(irn=TrainIrnConfig(device="tpu")))
+    with pytest.raises(ConfigError, match="focal_reduction must be 'sum' or 'mean', got 'avg'"):
+        train_seg(TrainSegConfig(focal_reduction="avg", out=str(tmp_path / "seg")), progress=False)
+    assert not (tmp_path / "seg").exists()

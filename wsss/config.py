@@ -14,7 +14,7 @@ import types
 import typing
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
@@ -41,7 +41,7 @@ class TrainRunConfig:
     """
 
     workers: int = 2
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
     seed: int = 0
     out: str = "runs/train"
@@ -110,7 +110,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if typing.get_origin(tp) is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+            raise ConfigError(choice_error(where, args, value))
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -129,6 +129,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def choice_error(name: str, choices: tuple, value: Any) -> str:
+    """The message for a setting ``name`` whose ``value`` is not one of its fixed ``choices``."""
+    allowed = f"'{choices[0]}' or '{choices[1]}'" if len(choices) == 2 else f"one of {', '.join(map(str, choices))}"
+    return f"{name} must be {allowed}, got '{value}'"
+
+
+def check_choices(cfg: Any, where: str = "") -> None:
+    """Refuse a setting of ``cfg`` (a config dataclass, nested ones included) declared
+    ``Literal[...]`` whose value is not one of its choices: the check a YAML file or option gets in
+    :func:`from_dict`, for configurations built in Python."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, tp = getattr(cfg, f.name), hints[f.name]
+        name = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_choices(value, name)
+        elif typing.get_origin(tp) is typing.Literal and value not in typing.get_args(tp):
+            raise ConfigError(choice_error(name, typing.get_args(tp), value))
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:

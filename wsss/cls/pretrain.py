@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.transforms import normalize
-from wsss.config import ConfigError, TrainRunConfig
+from wsss.config import ConfigError, TrainRunConfig, check_choices
 from wsss.data.corpus import CORPUS_CLASSES, CORPUS_VERSION, render_corpus_sample
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
@@ -230,6 +230,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
 
     if cfg.model not in list_backbones():
         raise ConfigError(f"unknown model {cfg.model!r}; known: {', '.join(list_backbones())}")
+    check_choices(cfg)
     out = Path(cfg.out)
     device = dist.init_distributed(cfg.device)
     if dist.is_main():

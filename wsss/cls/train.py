@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -25,8 +26,8 @@ from tqdm import tqdm
 
 from wsss.eval.multilabel import multilabel_metrics
 from wsss.cls.models import build_classifier
-from wsss.cls.transforms import check_resize_kernel, cls_train_transform, normalize
-from wsss.config import ConfigError, TrainRunConfig
+from wsss.cls.transforms import cls_train_transform, normalize
+from wsss.config import ConfigError, TrainRunConfig, check_choices
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
@@ -74,8 +75,8 @@ class TrainClsConfig(TrainRunConfig):
     batch_size: int = 16
     crop: int = 384
     resize_long: tuple[int, int] = (320, 640)
-    resize: str = "pil"
-    optimizer: str = "adamw"
+    resize: Literal["pil", "opencv"] = "pil"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 5e-4
     lr_transformer: float | None = 2e-4
     head_lr_mult: float = 10.0
@@ -174,7 +175,7 @@ def evaluate_cls(model: nn.Module, ds: SegDataset, device: torch.device, workers
 def train_cls(cfg: TrainClsConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
     ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
-    check_resize_kernel(cfg.resize)
+    check_choices(cfg)
     out = Path(cfg.out)
     cfg = resumed_config(cfg, out, resume, CONFIG_IMPLIED, "train-cls")
     device = dist.init_distributed(cfg.device)

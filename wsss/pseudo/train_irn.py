@@ -28,6 +28,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from wsss.data.transforms import check_resize_kernel, normalize, random_crop, resize_to, scaled_size
-from wsss.config import ConfigError, TrainRunConfig, load_config
+from wsss.config import ConfigError, TrainRunConfig, check_choices, load_config
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
@@ -79,7 +80,7 @@ class TrainIrnConfig(TrainRunConfig):
     batch_size: int = 32
     crop: int = 512
     scale_range: tuple[float, float] = (0.5, 1.5)
-    resize: str = "pil"
+    resize: Literal["pil", "opencv"] = "pil"
     radius: int = 10
     lr: float = 0.1
     backbone_lr: float = 0.0
@@ -170,7 +171,7 @@ def _check(cfg: TrainIrnConfig, ds: SegDataset) -> None:
 def train_irn(cfg: TrainIrnConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
     ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
-    check_resize_kernel(cfg.resize)
+    check_choices(cfg)
     out = Path(cfg.out)
     cfg = resumed_config(cfg, out, resume, CONFIG_IMPLIED, "train-irn")
     device = dist.init_distributed(cfg.device)

@@ -40,7 +40,7 @@ class TrainSegConfig(TrainRunConfig):
     # the paper's Eq. 4, any pixel; the official code: 0.01); stacked modules' focal terms "sum"
     # (Eq. 10) or "mean" (the official code)
     patch_label_min_frac: float = 0.0
-    focal_reduction: str = "sum"
+    focal_reduction: Literal["sum", "mean"] = "sum"
     channels: int = 512
     pool_sizes: tuple[int, ...] = (4,)
     psa_mask_size: int = 63

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from wsss.config import ConfigError
+from wsss.config import ConfigError, check_choices
 from wsss.data import DataConfig, build_dataset
 from wsss.data.base import SegDataset
 from wsss.engine import checkpoint as ckpt
@@ -142,6 +142,7 @@ def val_grid(model: nn.Module, ds: SegDataset, *, base_size: int, num: int = 4, 
 def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Run the stage; returns the output folder. ``resume`` continues from ``out/resume.pt``;
     ``overwrite`` starts again in a folder that holds a run (refused otherwise)."""
+    check_choices(cfg)
     out = Path(cfg.out)
     if cfg.psa_mask_size % 2 == 0:
         raise ConfigError(f"psa_mask_size must be odd, got {cfg.psa_mask_size}")
