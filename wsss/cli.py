@@ -9,10 +9,22 @@ from pathlib import Path
 
 import click
 
-from wsss.config import ConfigError, data_options, load_config, shell_command
+from wsss.cam.extract import CAM_METHODS, ExtractCamConfig
+from wsss.cli_settings import Opt, comma_list, config_options
+from wsss.cls.pretrain import PretrainConfig
+from wsss.cls.train import TrainClsConfig
+from wsss.config import ConfigError, data_options, shell_command
 from wsss.data import DATA_KINDS
+from wsss.eval.cams import EvalCamConfig
+from wsss.eval.masks import EvalConfig
 from wsss.io import WsssDataError
+from wsss.models import list_backbones
 from wsss.models.weights import WeightsMismatchError
+from wsss.pseudo.make import MakePseudoConfig
+from wsss.pseudo.train_irn import TrainIrnConfig
+from wsss.seg.config import TrainSegConfig
+from wsss.seg.heads import HEADS
+from wsss.seg.predict import PredictConfig
 
 # Errors a user can fix from the message alone: shown without a traceback.
 USER_ERRORS = (WsssDataError, ConfigError, FileNotFoundError, PermissionError, WeightsMismatchError)
@@ -71,34 +83,6 @@ def interrupted_message(argv: list[str]) -> str:
 
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _int_pair(text: str | None, option: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        lo, hi = (int(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not MIN,MAX (two whole numbers)", param_hint=option)
-    return [lo, hi]
-
-
-def _number_list(text: str | None, option: str, kind: type = int) -> list | None:
-    if text is None:
-        return None
-    try:
-        return [kind(v) for v in text.split(",")]
-    except ValueError:
-        what = "whole numbers" if kind is int else "numbers"
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of {what}", param_hint=option)
-
-
-def _int_list(text: str | None, option: str) -> list[int] | None:
-    return _number_list(text, option, int)
-
-
-def _float_list(text: str | None, option: str) -> list[float] | None:
-    return _number_list(text, option, float)
 
 
 class WsssGroup(click.Group):
@@ -168,27 +152,72 @@ def make_toy_cmd(out: Path, size: int, num_train: int, num_val: int, seed: int, 
     click.echo("next: " + shell_command("eval", "--pred", root / "SegmentationClass", "--gt", root / "SegmentationClass"))
 
 
-@main.command("eval")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML file with eval settings; options below override it.")
-@click.option("--pred", type=click.Path(file_okay=False), default=None, help="Folder of predicted masks (<id>.png).")
-@click.option("--gt", type=click.Path(file_okay=False), default=None, help="Folder of ground-truth masks (<id>.png).")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Instead of --gt: score against this dataset's own ground truth, read and mapped by its reader (e.g. Cityscapes labelIds) [default: voc].")
-@click.option("--data-root", default=None, help="Instead of --gt: the dataset folder.")
-@click.option("--split", default=None, help="With --data-root: the split scored, every image of it [default: val].")
-@click.option("--ids", type=click.Path(dir_okay=False), default=None, help="Image-list file to score [default: every PNG in --pred].")
-@click.option("--classes", default=None, help="'voc', 'coco' or a class-names file [default: class_names.txt beside --gt, else VOC].")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON with every figure [default: <pred>/eval.json].")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Threads decoding PNGs [default: 4].")
-def eval_cmd(config_path, pred, gt, data_kind, data_root, split, ids, classes, out, workers) -> None:
-    """Score masks: per-class IoU, FP, FN (percent) and mIoU, as papers report them."""
-    from wsss.eval.masks import EvalConfig, evaluate_folders
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE = Opt("Where to run: auto = a GPU if present.", choices=DEVICES)
 
-    cfg = load_config(
-        EvalConfig, config_path,
-        {"pred": pred, "gt": gt, "ids": ids, "classes": classes, "out": out, "workers": workers,
-         "data.kind": data_kind, "data.root": data_root, "data.split": split or ("val" if data_root else None)},
-        section="eval",
-    )
+
+def _data(split: str, root: str = "Dataset folder.") -> dict[str, Opt]:
+    """The dataset options every stage shares (a :class:`wsss.data.DataConfig`); ``split`` says
+    which images the stage reads."""
+    return {
+        "data.kind": Opt("Dataset layout.", choices=DATA_KINDS),
+        "data.root": Opt(root),
+        "data.split": Opt(split),
+        "data.labels": Opt("Image-level label file replacing the dataset's own (cls_labels.npy; CSV or JSON "
+                           "for folder datasets)."),
+        "data.masks": Opt("Mask folder replacing the dataset's ground truth (train-seg: the make-pseudo folder)."),
+        "data.list_file": Opt("Image-id list file read instead of the split's list."),
+        "data.category_ids": Opt("coco: masks hold COCO category ids instead of contiguous class indices."),
+        "data.val_fraction": Opt("Folder datasets without splits/: write a seeded train/val split with this "
+                                 "fraction for val.", min=0, max=1, min_open=True, max_open=True,
+                                 note="--split must name a split or be all"),
+    }
+
+
+def _training_run(prefix: str = "") -> dict[str, Opt]:
+    """The run settings of a training stage (:class:`wsss.config.TrainRunConfig`)."""
+    return {
+        prefix + "workers": Opt("Data-loading processes per process.", min=0),
+        prefix + "device": DEVICE,
+        prefix + "amp": Opt("bfloat16 autocast on a GPU."),
+        prefix + "seed": Opt("Seed of data order, augmentation and initialisation."),
+        prefix + "out": Opt("Output folder."),
+        prefix + "save_every": Opt("Also checkpoint every this many optimiser steps; 0 = at epoch ends only.", min=0),
+        prefix + "log_every": Opt("A metrics.jsonl line every this many optimiser steps.", min=1),
+        prefix + "tensorboard": Opt("Also write TensorBoard events to OUT/tensorboard (pip install "
+                                    "'wsss[tensorboard]').", switch=True),
+    }
+
+
+RESUME = click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+OVERWRITE_RUN = click.option("--overwrite", is_flag=True,
+                             help="Train again from scratch in an --out that holds a run (refused without it).")
+
+def _eval_split_default(overrides: dict) -> None:
+    if overrides.get("data.root") and overrides.get("data.split") is None:
+        overrides["data.split"] = "val"
+
+
+EVAL_OPTIONS = {
+    "pred": Opt("Folder of predicted masks (<id>.png).", path="dir"),
+    "gt": Opt("Folder of ground-truth masks (<id>.png).", path="dir"),
+    **_data("With --data-root: the split scored, every image of it.",
+            root="Instead of --gt: the dataset folder, scored against its own ground truth, read and mapped by "
+                 "its reader (e.g. Cityscapes labelIds)."),
+    "ids": Opt("Image-list file to score.", path="file", note="every PNG in --pred"),
+    "classes": Opt("'voc', 'coco' or a class-names file.", note="class_names.txt beside --gt, else VOC"),
+    "out": Opt("JSON with every figure.", path="file", note="<pred>/eval.json"),
+    "workers": Opt("Threads decoding PNGs.", min=1),
+}
+EVAL_OPTIONS["data.split"] = Opt("With --data-root: the split scored, every image of it.", default_text="val")
+
+
+@main.command("eval")
+@config_options(EvalConfig, "eval", EVAL_OPTIONS, prepare=_eval_split_default)
+def eval_cmd(cfg) -> None:
+    """Score masks: per-class IoU, FP, FN (percent) and mIoU, as papers report them."""
+    from wsss.eval.masks import evaluate_folders
+
     if not cfg.pred or not (cfg.gt or cfg.data.root):
         raise click.UsageError("--pred and either --gt or --data-root are needed (or set eval.pred and eval.gt / "
                                "eval.data in --config)")
@@ -202,30 +231,32 @@ def eval_cmd(config_path, pred, gt, data_kind, data_root, split, ids, classes, o
         click.echo(warning)
     click.echo(f"figures written to {Path(cfg.out) if cfg.out else Path(cfg.pred) / 'eval.json'}")
 
+PRETRAIN_OPTIONS = {
+    "model": Opt("Backbone to pretrain, e.g. resnet_tiny or conformer_tiny."),
+    "size": Opt("Corpus image side, pixels.", min=32, max=1024),
+    "crop": Opt("Training crop side (random-resized crops), pixels.", min=16),
+    "num_train": Opt("Corpus training images.", min=1),
+    "num_val": Opt("Held-out corpus images scored for top-1.", min=1),
+    "corpus_seed": Opt("Seed the corpus images depend on."),
+    "epochs": Opt("Epochs over the corpus.", min=1),
+    "batch_size": Opt("Global batch, images.", min=1),
+    "lr": Opt("AdamW peak learning rate (warm-up, then cosine)."),
+    "weight_decay": Opt("AdamW weight decay.", min=0),
+    "label_smoothing": Opt("Label smoothing of the cross entropy.", min=0, max=1, max_open=True),
+    "render_workers": Opt("Processes rendering the corpus.", min=1),
+    "cache": Opt("Folder for the rendered corpus, reused by later runs.", note="OUT/corpus"),
+    "max_steps": Opt("Stop after this many optimiser steps.", min=1, note="all epochs"),
+    **_training_run(),
+}
+
 
 @main.command("pretrain")
-@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
-@click.option("--model", default=None, help="Backbone to pretrain, e.g. resnet_tiny or conformer_tiny [default: resnet_tiny].")
-@click.option("--out", default=None, help="Output folder [default: runs/pretrain].")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs over the corpus [default: 20].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 64].")
-@click.option("--lr", type=float, default=None, help="AdamW peak learning rate (warm-up, then cosine) [default: 2e-3].")
-@click.option("--num-train", type=click.IntRange(1), default=None, help="Corpus training images [default: 10200].")
-@click.option("--num-val", type=click.IntRange(1), default=None, help="Held-out corpus images scored for top-1 [default: 1020].")
-@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side (random-resized crops), pixels [default: 96].")
-@click.option("--size", type=click.IntRange(32, 1024), default=None, help="Corpus image side, pixels [default: 128].")
-@click.option("--corpus-seed", type=int, default=None, help="Seed the corpus images depend on [default: 0].")
-@click.option("--cache", default=None, help="Folder for the rendered corpus, reused by later runs [default: OUT/corpus].")
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
-@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes [default: 1].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
-@click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
+@config_options(PretrainConfig, "pretrain", PRETRAIN_OPTIONS)
+@RESUME
+@OVERWRITE_RUN
 @click.option("--export-builtin", "export_name", default=None, help="When done, ship the backbone inside the package as builtin:NAME (writes wsss/pretrained/).")
 @click.option("--list", "list_only", is_flag=True, help="List the built-in weights and how each was made, then exit.")
-def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, size, corpus_seed, cache, max_steps, workers,
-                 device, seed, resume, overwrite, export_name, list_only, tensorboard) -> None:
+def pretrain_cmd(cfg, resume, overwrite, export_name, list_only) -> None:
     """Pretrain a backbone on the synthetic 102-class corpus: the built-in stand-in for ImageNet weights.
 
     The result loads wherever a weights file does (--pretrained, --irn-weights); shipped ones as builtin:NAME.
@@ -239,13 +270,8 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
         for name, entry in known.items():
             click.echo(manifest_line(name, entry))
         return
-    from wsss.cls.pretrain import BACKBONE_NAME, PretrainConfig, pretrain
+    from wsss.cls.pretrain import BACKBONE_NAME, pretrain
 
-    cfg = load_config(PretrainConfig, None, {
-        "model": model, "out": out, "epochs": epochs, "batch_size": batch_size, "lr": lr, "num_train": num_train,
-        "num_val": num_val, "crop": crop, "size": size, "corpus_seed": corpus_seed, "cache": cache, "max_steps": max_steps,
-        "workers": workers, "device": device, "seed": seed, "tensorboard": tensorboard,
-    }, section="pretrain")
     out_dir = pretrain(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
     if export_name:
         import shlex
@@ -264,107 +290,103 @@ def pretrain_cmd(model, out, epochs, batch_size, lr, num_train, num_val, crop, s
         target = export_builtin(export_name, out_dir / BACKBONE_NAME, entry)
         click.echo(f"built-in weights builtin:{export_name} written to {target}")
 
+TRAIN_CLS_OPTIONS = {
+    **_data("Training split."),
+    "val_split": Opt("Split scored each epoch (mAP, F1); none = no validation."),
+    "model": Opt("Backbone: " + "|".join(list_backbones()) + "."),
+    "pretrained": Opt("Local ImageNet weights (.pth/.pt/.safetensors) or builtin:NAME (wsss pretrain --list).",
+                      note="train from scratch"),
+    "strict_load": Opt("Refuse weights whose keys do not match (classifier heads aside)."),
+    "detach_branches": Opt("Conformer: cut gradients between the CNN and transformer branches (AD-CAM Sec. 4.1)."),
+    "drop_last_block": Opt("Conformer: remove the last block (conv_trans_12) so the CNN map is at stride 16 like "
+                           "the token grid (AD-CAM Sec. 5.1); extraction uses the same."),
+    "drop_path": Opt("Conformer stochastic-depth rate (the official recipe: 0.1).", min=0, max=1),
+    "epochs": Opt("Epochs.", min=1),
+    "batch_size": Opt("Global batch, images, split over processes.", min=1),
+    "crop": Opt("Training crop side, pixels.", min=16),
+    "resize_long": Opt("Range of the random long-side resize, MIN,MAX pixels."),
+    "resize": Opt("Kernel of the random long-side resize: pil (IRN's PIL bicubic; region masks PIL nearest) or "
+                  "opencv (OpenCV linear / nearest, the behaviour before)."),
+    "optimizer": Opt("Optimiser."),
+    "lr": Opt("CNN/backbone learning rate, poly decay."),
+    "lr_transformer": Opt("Conformer: transformer-branch learning rate (constant)."),
+    "head_lr_mult": Opt("ResNet: the classifier's learning rate as a multiple of --lr.", min=0, min_open=True),
+    "partial_pool": Opt("Partial pooling S (PCAA Eq. 3), 0 = off.", min=0),
+    "region_masks": Opt("Partial pooling's region labels: a pseudo-mask folder, or gt for the ground truth "
+                        "(pixel supervision); required with --partial-pool."),
+    "weight_decay": Opt("Weight decay.", min=0),
+    "momentum": Opt("SGD momentum.", min=0),
+    "poly_power": Opt("Power of the poly learning-rate decay.", min=0),
+    "max_steps": Opt("Stop after this many optimiser steps.", min=1, note="all epochs"),
+    **_training_run(),
+}
+
 
 @main.command("train-cls")
-@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override it.")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
-@click.option("--data-root", default=None, help="Dataset folder.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Folder datasets without splits/: write a seeded train/val split with this fraction for val [default: none, --split must name a split or be all].")
-@click.option("--split", default=None, help="Training split [default: train].")
-@click.option("--val-split", default=None, help="Split scored each epoch (mAP, F1) [default: val].")
-@click.option("--model", default=None, help="Backbone: conformer_tiny|conformer_ti16|conformer_s16|conformer_b16|resnet50|resnet101|resnet50_v1c|resnet101_v1c|resnet_tiny [default: conformer_tiny].")
-@click.option("--pretrained", default=None, help="Local ImageNet weights (.pth/.pt/.safetensors) or builtin:NAME (wsss pretrain --list) [default: none, train from scratch].")
-@click.option("--strict-load/--no-strict-load", default=None, help="Refuse weights whose keys do not match (classifier heads aside) [default: strict].")
-@click.option("--detach-branches/--no-detach-branches", default=None, help="Conformer: cut gradients between CNN and transformer branches [default: detach].")
-@click.option("--drop-path", type=click.FloatRange(0, 1), default=None, help="Conformer stochastic-depth rate (the official recipe: 0.1) [default: 0].")
-@click.option("--partial-pool", type=click.IntRange(0), default=None, help="Partial pooling S (PCAA Eq. 3), 0 = off [default: 0].")
-@click.option("--region-masks", default=None, help="Partial pooling's region labels: a pseudo-mask folder, or gt for the ground truth (pixel supervision); required with --partial-pool.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 5].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
-@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 384].")
-@click.option("--lr", type=float, default=None, help="CNN/backbone learning rate, poly decay [default: 5e-4].")
-@click.option("--resize-long", default=None, help="Range of the random long-side resize, MIN,MAX pixels [default: 320,640].")
-@click.option("--resize", type=click.Choice(["pil", "opencv"]), default=None, help="Kernel of the random long-side resize: pil (IRN's PIL bicubic; region masks PIL nearest) or opencv (OpenCV linear / nearest, the behaviour before) [default: pil].")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None, help="Optimiser [default: adamw].")
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
-@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per GPU/process [default: 2].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto, a GPU if present].")
-@click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
-@click.option("--out", default=None, help="Output folder [default: runs/cls].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
-def train_cls_cmd(config_path, data_kind, data_root, val_fraction, split, val_split, model, pretrained, strict_load, detach_branches,
-                  partial_pool, region_masks, epochs, batch_size, crop, lr, max_steps, workers, device, seed, out, resize_long, resize, optimizer, drop_path, resume, overwrite, tensorboard) -> None:
+@config_options(TrainClsConfig, "train_cls", TRAIN_CLS_OPTIONS)
+@RESUME
+@OVERWRITE_RUN
+def train_cls_cmd(cfg, resume, overwrite) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-cls ... (same results as one process).
     """
-    from wsss.cls.train import TrainClsConfig, train_cls
+    from wsss.cls.train import train_cls
 
-    cfg = load_config(TrainClsConfig, config_path, {
-        "data.kind": data_kind, "data.val_fraction": val_fraction, "data.root": data_root, "data.split": split, "val_split": val_split, "model": model,
-        "pretrained": pretrained, "strict_load": strict_load, "detach_branches": detach_branches, "epochs": epochs,
-        "partial_pool": partial_pool, "region_masks": region_masks,
-        "batch_size": batch_size, "crop": crop, "lr": lr, "max_steps": max_steps, "workers": workers,
-        "device": device, "seed": seed, "resize_long": _int_pair(resize_long, "--resize-long"), "resize": resize, "optimizer": optimizer, "drop_path": drop_path, "out": out,
-        "tensorboard": tensorboard,
-    }, section="train_cls")
     train_cls(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
+
+EXTRACT_CAM_OPTIONS = {
+    "cls_dir": Opt("train-cls output folder (config.yaml + model.safetensors)."),
+    "method": Opt("How class maps are made.", choices=tuple(CAM_METHODS)),
+    **_data("Images to process."),
+    "scales": Opt("Comma-separated image scales."),
+    "flip": Opt("Also run the mirrored image at every scale (IRN's make_cam)."),
+    "max_side": Opt("Downscale images whose long side is larger to this many pixels for extraction (maps resized "
+                    "back); lowers peak memory.", min=16),
+    "resize": Opt("Kernel of each scale's resize: pil (IRN's protocol: PIL bicubic, antialiased when downscaling) "
+                  "or opencv (OpenCV cubic).", choices=("pil", "opencv")),
+    "attn_renorm": Opt("AD-CAM: rows of A renormalised to 1 after dropping the cls token, as Sec. 4.3 states."),
+    "topk": Opt("AD-CAM: co-neighbours kept per token, k of Eq. 7.", min=1),
+    "steps": Opt("AD-CAM: diffusion steps, T of Eq. 8.", min=0),
+    "diffusion": Opt("AD-CAM diffusion direction (distribute: the paper's text).", choices=("distribute", "average")),
+    "device": DEVICE,
+    "file_format": Opt("npz: <id>.npz, no pickle; irn: <id>.npy as IRN's make_cam writes it, for IRN-based code.",
+                       name="--format", choices=("npz", "irn")),
+    "out": Opt("Output folder of <id>.npz (or .npy) files."),
+    "overwrite": Opt("Redo images already written.", switch=True),
+}
 
 
 @main.command("extract-cam")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its extract_cam section.")
-@click.option("--cls-dir", default=None, help="train-cls output folder (config.yaml + model.safetensors).")
-@click.option("--method", type=click.Choice(["cam", "partial", "adcam", "attn-diffusion", "tscam"]), default=None, help="How class maps are made [default: cam].")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
-@click.option("--data-root", default=None, help="Dataset folder.")
-@click.option("--split", default=None, help="Images to process [default: train].")
-@click.option("--scales", default=None, help="Comma-separated image scales [default: 1.0,0.5,1.5,2.0].")
-@click.option("--attn-renorm/--no-attn-renorm", default=None, help="AD-CAM: rows of A renormalised to 1 after dropping the cls token, as Sec. 4.3 states [default: renorm].")
-@click.option("--max-side", type=click.IntRange(16), default=None, help="Downscale images whose long side is larger to this many pixels for extraction (maps resized back); lowers peak memory [default: none].")
-@click.option("--topk", type=click.IntRange(1), default=None, help="AD-CAM: co-neighbours kept per token, k of Eq. 7 [default: 50].")
-@click.option("--steps", type=click.IntRange(0), default=None, help="AD-CAM: diffusion steps, T of Eq. 8 [default: 2].")
-@click.option("--diffusion", type=click.Choice(["distribute", "average"]), default=None, help="AD-CAM diffusion direction [default: distribute, the paper's text].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to run [default: auto].")
-@click.option("--format", "file_format", type=click.Choice(["npz", "irn"]), default=None, help="npz: <id>.npz, no pickle; irn: <id>.npy as IRN's make_cam writes it, for IRN-based code [default: npz].")
-@click.option("--out", default=None, help="Output folder of <id>.npz (or .npy) files [default: runs/cam].")
-@click.option("--overwrite", is_flag=True, default=None, help="Redo images already written.")
-def extract_cam_cmd(config_path, cls_dir, method, data_kind, data_root, split, scales, max_side, attn_renorm, topk, steps, diffusion, device,
-                    file_format, out, overwrite) -> None:
+@config_options(ExtractCamConfig, "extract_cam", EXTRACT_CAM_OPTIONS)
+def extract_cam_cmd(cfg) -> None:
     """Class activation maps (CAM, AD-CAM and Table 3's baselines) as IRN-format files.
 
     Resumable (images already written are skipped); torchrun shards the images over processes.
     """
-    from wsss.cam.extract import ExtractCamConfig, extract_cams
+    from wsss.cam.extract import extract_cams
 
-    scale_list = [float(s) for s in scales.split(",")] if scales else None
-    cfg = load_config(ExtractCamConfig, config_path, {
-        "cls_dir": cls_dir, "method": method, "data.kind": data_kind, "data.root": data_root, "data.split": split,
-        "scales": scale_list, "max_side": max_side, "attn_renorm": attn_renorm, "topk": topk, "steps": steps, "diffusion": diffusion, "device": device, "out": out,
-        "overwrite": overwrite, "file_format": file_format,
-    }, section="extract_cam")
     result = extract_cams(cfg, progress=sys.stderr.isatty())
     click.echo(f"CAMs written to {result}")
     click.echo("next: " + shell_command("eval-cam", "--cam-dir", result, *data_options(cfg.data)))
 
 
-@main.command("eval-cam")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its eval_cam section.")
-@click.option("--cam-dir", default=None, help="Folder of CAM files (.npz, or IRN's .npy).")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
-@click.option("--data-root", default=None, help="Dataset folder (ground-truth masks).")
-@click.option("--split", default=None, help="Split to score [default: train].")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Fixed background threshold also reported (IRN reports seeds at it) [default: 0.15].")
-@click.option("--out", default=None, help="JSON of the sweep [default: <cam-dir>/eval_cam.json; plot beside it].")
-def eval_cam_cmd(config_path, cam_dir, data_kind, data_root, split, threshold, out) -> None:
-    """Seed quality: background-threshold sweep, best mIoU with its FP and FN (AD-CAM Table 3)."""
-    from wsss.eval.cams import EvalCamConfig, evaluate_cams
+EVAL_CAM_OPTIONS = {
+    "cam_dir": Opt("Folder of CAM files (.npz, or IRN's .npy)."),
+    **_data("Split to score.", root="Dataset folder (ground-truth masks)."),
+    "thresholds": Opt("Background thresholds swept, START,STOP,STEP."),
+    "threshold": Opt("Fixed background threshold also reported (IRN reports seeds at it).", min=0, max=1),
+    "out": Opt("JSON of the sweep (plot beside it).", note="<cam-dir>/eval_cam.json"),
+    "workers": Opt("Threads reading CAM files and masks.", min=1),
+}
 
-    cfg = load_config(EvalCamConfig, config_path, {
-        "cam_dir": cam_dir, "data.kind": data_kind, "data.root": data_root, "data.split": split, "out": out,
-        "threshold": threshold,
-    }, section="eval_cam")
+
+@main.command("eval-cam")
+@config_options(EvalCamConfig, "eval_cam", EVAL_CAM_OPTIONS)
+def eval_cam_cmd(cfg) -> None:
+    """Seed quality: background-threshold sweep, best mIoU with its FP and FN (AD-CAM Table 3)."""
+    from wsss.eval.cams import evaluate_cams
+
     res = evaluate_cams(cfg, progress=sys.stderr.isatty())
     click.echo(res.best.table())
     click.echo(f"seed mIoU {100 * res.best.miou:.2f}  FP {100 * res.best.mean_fp:.2f}  FN {100 * res.best.mean_fn:.2f}"
@@ -406,148 +428,154 @@ def visualize_cmd(data_kind, data_root, split, ids, num, cams, masks, boundaries
     click.echo(f"figure written to {path}")
 
 
-@main.command("make-pseudo")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its make_pseudo section.")
-@click.option("--cam-dir", default=None, help="Folder of CAM files (.npz from extract-cam, or IRN's .npy).")
-@click.option("--refine", type=click.Choice(["none", "crf", "ir-label", "irn"]), default=None, help="none: threshold; crf: dense CRF; ir-label: IRNet's training labels; irn: IR labels + IRNet + random walk [default: irn].")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
-@click.option("--data-root", default=None, help="Dataset folder (the images, for the CRF).")
-@click.option("--split", default=None, help="Images to process [default: train].")
-@click.option("--threshold", type=float, default=None, help="Background threshold of the seed, in [0, 1] [default: 0.25].")
-@click.option("--conf-fg", type=float, default=None, help="ir-label: confident-foreground threshold [default: 0.30].")
-@click.option("--conf-bg", type=float, default=None, help="ir-label: confident-background threshold [default: 0.05].")
-@click.option("--irn-backbone", default=None, help="irn: IRNet's frozen backbone, resnet50|resnet101|resnet_tiny [default: resnet50].")
-@click.option("--irn-weights", default=None, help="irn: local ImageNet weights of that backbone, or builtin:NAME [default: none, random frozen features, with a warning].")
-@click.option("--irn-dir", default=None, help="irn: an already trained boundary net (train-irn folder) instead of training one.")
-@click.option("--irn-epochs", type=click.IntRange(1), default=None, help="irn: IRNet training epochs [default: 3].")
-@click.option("--irn-batch-size", type=click.IntRange(1), default=None, help="irn: IRNet global batch, images [default: 32].")
-@click.option("--irn-crop", type=click.IntRange(16), default=None, help="irn: IRNet training crop side, pixels [default: 512].")
-@click.option("--irn-backbone-lr", type=click.FloatRange(0), default=None, help="irn: also train IRNet's backbone convolutions at this learning rate (not IRN); 0 = frozen, IRN's [default: 0].")
-@click.option("--beta", type=float, default=None, help="irn: power of the affinities in the walk (Eq. 9) [default: 10].")
-@click.option("--exp-times", type=click.IntRange(0), default=None, help="irn: the walk takes 2^exp_times steps [default: 8].")
-@click.option("--save-scores/--no-save-scores", default=None, help="irn: also write the walk's score maps (OUT/scores) [default: no].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="irn: where IRNet and the walk run [default: auto].")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: 2].")
-@click.option("--irn-resize", type=click.Choice(["pil", "opencv"]), default=None, help="irn: kernels of IRNet's training rescale, pil (IRN's) or opencv (the behaviour before) [default: pil].")
-@click.option("--irn-pad", type=click.IntRange(0), default=None, help="irn: pad images to this square before the boundary net, as IRN pads to its 512 training crop; 0 = off [default: the boundary net's training crop].")
-@click.option("--mask-format", type=click.Choice(["palette", "index"]), default=None, help="PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which reads masks with imageio) [default: palette].")
-@click.option("--calibrate-from", default=None, help="ir-label/irn: the CAMs' best seed threshold, or the eval-cam folder that found it; --conf-fg/--conf-bg/--threshold are then read on IRN's CAM scale (seed threshold 0.15) and mapped to these CAMs' (not IRN) [default: none, IRN's values as given].")
-@click.option("--out", default=None, help="Folder of palette PNG masks [default: runs/pseudo].")
-@click.option("--overwrite", is_flag=True, default=None, help="Redo masks already written.")
-def make_pseudo_cmd(config_path, cam_dir, refine, data_kind, data_root, split, threshold, conf_fg, conf_bg, irn_backbone,
-                    irn_weights, irn_dir, irn_epochs, irn_batch_size, irn_crop, irn_backbone_lr, beta, exp_times, save_scores, device,
-                    workers, irn_resize, irn_pad, mask_format, calibrate_from, out, overwrite) -> None:
-    """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
-    from wsss.pseudo.make import MakePseudoConfig, make_pseudo
+# make-pseudo sets its boundary net's data, IR-label folder, output and device itself.
+_IRN_SET_BY_MAKE_PSEUDO = ("irn.data", "irn.ir_labels", "irn.out", "irn.device")
+MAKE_PSEUDO_OPTIONS = {
+    "cam_dir": Opt("Folder of CAM files (.npz from extract-cam, or IRN's .npy)."),
+    "refine": Opt("none: threshold; crf: dense CRF; ir-label: IRNet's training labels; irn: IR labels + IRNet + "
+                  "random walk.", choices=("none", "crf", "ir-label", "irn")),
+    **_data("Images to process.", root="Dataset folder (the images, for the CRF and IRNet)."),
+    "threshold": Opt("Background threshold of the seed (none, crf) or of the walk's scores (irn), in [0, 1]."),
+    "conf_fg": Opt("ir-label/irn: confident-foreground threshold."),
+    "conf_bg": Opt("ir-label/irn: confident-background threshold."),
+    "calibrate_from": Opt("ir-label/irn: the CAMs' best seed threshold, or the eval-cam folder that found it; "
+                          "--conf-fg/--conf-bg/--threshold are then read on IRN's CAM scale (seed threshold 0.15) "
+                          "and mapped to these CAMs' (not IRN).", note="IRN's values as given"),
+    "irn_dir": Opt("irn: an already trained boundary net (train-irn folder) instead of training one."),
+    "irn_pad": Opt("irn: pad images to this square before the boundary net, as IRN pads to its 512 training "
+                   "crop; 0 = off.", min=0, default_text="the boundary net's training crop"),
+    "beta": Opt("irn: power of the affinities in the walk (Eq. 9)."),
+    "exp_times": Opt("irn: the walk takes 2^exp_times steps.", min=0),
+    "radius": Opt("irn: radius of the walk's affinity stencil, pixels of the stride-4 map.", min=1),
+    "save_scores": Opt("irn: also write the walk's score maps (OUT/scores)."),
+    "mask_format": Opt("PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which "
+                       "reads masks with imageio); the IR labels follow it.", choices=("palette", "index")),
+    "device": Opt("irn: where IRNet and the walk run (and the boundary net trains).", choices=DEVICES),
+    "workers": Opt("Processes.", min=1),
+    "out": Opt("Folder of the PNG masks."),
+    "overwrite": Opt("Redo masks already written.", switch=True),
+    # the boundary net make-pseudo trains (irn, without --irn-dir): train-irn's settings
+    "irn.backbone": Opt("irn: IRNet's frozen backbone, resnet50|resnet101|resnet_tiny."),
+    "irn.weights": Opt("irn: local ImageNet weights of that backbone, or builtin:NAME.",
+                       note="random frozen features, with a warning"),
+    "irn.epochs": Opt("irn: IRNet training epochs.", min=1),
+    "irn.batch_size": Opt("irn: IRNet global batch, images.", min=1),
+    "irn.crop": Opt("irn: IRNet training crop side, pixels.", min=16),
+    "irn.scale_range": Opt("irn: range of IRNet's random rescale, MIN,MAX."),
+    "irn.resize": Opt("irn: kernels of IRNet's training rescale, pil (IRN's) or opencv (the behaviour before)."),
+    "irn.radius": Opt("irn: IRNet's training pairs are sampled within this distance on the stride-4 map (IRN: 10).",
+                      min=1),
+    "irn.lr": Opt("irn: IRNet learning rate, poly decay."),
+    "irn.backbone_lr": Opt("irn: also train IRNet's backbone convolutions at this learning rate (not IRN); "
+                           "0 = frozen, IRN's.", min=0),
+    "irn.weight_decay": Opt("irn: IRNet weight decay.", min=0),
+    "irn.momentum": Opt("irn: IRNet SGD momentum.", min=0),
+    "irn.poly_power": Opt("irn: power of IRNet's poly decay.", min=0),
+    "irn.max_steps": Opt("irn: stop IRNet's training after this many optimiser steps.", min=1, note="all epochs"),
+    **{k: v for k, v in _training_run("irn.").items() if k not in _IRN_SET_BY_MAKE_PSEUDO},
+}
 
-    cfg = load_config(MakePseudoConfig, config_path, {
-        "cam_dir": cam_dir, "refine": refine, "data.kind": data_kind, "data.root": data_root, "data.split": split,
-        "threshold": threshold, "conf_fg": conf_fg, "conf_bg": conf_bg, "workers": workers, "irn_pad": irn_pad, "mask_format": mask_format, "out": out,
-        "overwrite": overwrite, "irn.backbone": irn_backbone, "irn.weights": irn_weights, "irn_dir": irn_dir,
-        "irn.epochs": irn_epochs, "irn.batch_size": irn_batch_size, "irn.crop": irn_crop, "irn.resize": irn_resize,
-        "irn.backbone_lr": irn_backbone_lr, "calibrate_from": calibrate_from,
-        "save_scores": save_scores, "device": device, "beta": beta, "exp_times": exp_times,
-    }, section="make_pseudo")
+
+@main.command("make-pseudo")
+@config_options(MakePseudoConfig, "make_pseudo", MAKE_PSEUDO_OPTIONS, set_by_stage=_IRN_SET_BY_MAKE_PSEUDO)
+def make_pseudo_cmd(cfg) -> None:
+    """Pseudo masks from CAMs: thresholding, dense CRF, IRNet's IR labels, or the whole IRN path. Resumable."""
+    from wsss.pseudo.make import make_pseudo
+
     result = make_pseudo(cfg, progress=sys.stderr.isatty())
     click.echo(f"pseudo masks written to {result}")
     click.echo(f"score them: wsss eval --pred {result} --gt <ground-truth mask folder>")
 
 
-@main.command("train-irn")
-@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its train_irn section.")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
-@click.option("--data-root", default=None, help="Dataset folder.")
-@click.option("--split", default=None, help="Training split [default: train].")
-@click.option("--ir-labels", default=None, help="IR-label folder (wsss make-pseudo --refine ir-label) [default: runs/ir_label].")
-@click.option("--backbone", default=None, help="Frozen ResNet: resnet50|resnet101|resnet_tiny [default: resnet50].")
-@click.option("--weights", default=None, help="Local ImageNet weights of the backbone, or builtin:NAME [default: none, random frozen features, with a warning].")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [default: 3].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images [default: 32].")
-@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
-@click.option("--lr", type=float, default=None, help="Learning rate, poly decay [default: 0.1].")
-@click.option("--backbone-lr", type=click.FloatRange(0), default=None, help="Also train the backbone's convolutions at this learning rate (not IRN: for backbones whose features do not tell object edges from texture edges); 0 = frozen, IRN's [default: 0].")
-@click.option("--resize", type=click.Choice(["pil", "opencv"]), default=None, help="Kernels of the random rescale: pil (IRN's PIL bicubic image, PIL nearest label) or opencv (OpenCV cubic / exact nearest, the behaviour before) [default: pil].")
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimiser steps [default: all epochs].")
-@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per process [default: 2].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
-@click.option("--seed", type=int, default=None, help="Seed of data order and augmentation [default: 0].")
-@click.option("--out", default=None, help="Output folder [default: runs/irn].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
-def train_irn_cmd(config_path, data_kind, data_root, split, ir_labels, backbone, weights, epochs, batch_size, crop, lr,
-                  backbone_lr, resize, max_steps, workers, device, seed, out, resume, overwrite, tensorboard) -> None:
-    """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
-    from wsss.pseudo.train_irn import TrainIrnConfig, train_irn
+TRAIN_IRN_OPTIONS = {
+    **_data("Training split."),
+    "ir_labels": Opt("IR-label folder (wsss make-pseudo --refine ir-label)."),
+    "backbone": Opt("Frozen ResNet: resnet50|resnet101|resnet_tiny."),
+    "weights": Opt("Local ImageNet weights of the backbone, or builtin:NAME.", note="random frozen features, with a warning"),
+    "epochs": Opt("Epochs.", min=1),
+    "batch_size": Opt("Global batch, images.", min=1),
+    "crop": Opt("Training crop side, pixels.", min=16),
+    "scale_range": Opt("Range of the random rescale, MIN,MAX."),
+    "resize": Opt("Kernels of the random rescale: pil (IRN's PIL bicubic image, PIL nearest label) or opencv "
+                  "(OpenCV cubic / exact nearest, the behaviour before)."),
+    "radius": Opt("Training pairs are sampled within this distance on the stride-4 map (IRN: 10).", min=1),
+    "lr": Opt("Learning rate, poly decay."),
+    "backbone_lr": Opt("Also train the backbone's convolutions at this learning rate (not IRN: for backbones whose "
+                       "features do not tell object edges from texture edges); 0 = frozen, IRN's.", min=0),
+    "weight_decay": Opt("Weight decay.", min=0),
+    "momentum": Opt("SGD momentum (IRN's optimiser puts its weight decay there: 1e-4, in effect none).", min=0),
+    "poly_power": Opt("Power of the poly decay.", min=0),
+    "max_steps": Opt("Stop after this many optimiser steps.", min=1, note="all epochs"),
+    **_training_run(),
+}
 
-    cfg = load_config(TrainIrnConfig, config_path, {
-        "data.kind": data_kind, "data.root": data_root, "data.split": split, "ir_labels": ir_labels,
-        "backbone": backbone, "weights": weights, "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
-        "backbone_lr": backbone_lr, "resize": resize, "max_steps": max_steps, "workers": workers, "device": device, "seed": seed, "out": out,
-        "tensorboard": tensorboard,
-    }, section="train_irn")
+
+@main.command("train-irn")
+@config_options(TrainIrnConfig, "train_irn", TRAIN_IRN_OPTIONS)
+@RESUME
+@OVERWRITE_RUN
+def train_irn_cmd(cfg, resume, overwrite) -> None:
+    """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
+    from wsss.pseudo.train_irn import train_irn
+
     train_irn(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
 
+TRAIN_SEG_OPTIONS = {
+    **_data("Training split."),
+    "data.masks": Opt("Training masks: the make-pseudo folder.", note="the dataset's ground truth"),
+    "val_split": Opt("Split scored against ground truth during training; none = no validation."),
+    "head": Opt("Segmentation head.", choices=tuple(HEADS)),
+    "backbone": Opt("resnet50_v1c|resnet101_v1c|resnet50|resnet101|resnet_tiny, dilated to stride 8."),
+    "pretrained": Opt("Local ImageNet weights of the backbone, or builtin:NAME.", note="from scratch"),
+    "contract_dilation": Opt("Halve the first layer3 / layer4 block's dilation (mmseg's -d8 configs); the PCAA "
+                             "repository and semseg do not."),
+    "multi_grid": Opt("layer4's per-block dilation multipliers, e.g. 1,2,4 (PCAA's ADE20K: dilations 4 / 8 / 16)."),
+    "channels": Opt("Head width (512 in the papers).", min=1),
+    "pool_sizes": Opt("pcaa: S of each stacked module, comma-separated."),
+    "patch_label_min_frac": Opt("pcaa: a class is positive in a patch where it covers more than this fraction of "
+                                "it (PCAA's code: 0.01; Eq. 4: 0).", min=0, max=1, max_open=True),
+    "focal_reduction": Opt("pcaa: stacked modules' focal terms summed (Eq. 10) or averaged (PCAA's code)."),
+    "psa_mask_size": Opt("psa: attention window side, odd (63 suits crop 512).", min=1),
+    "psa_outside": Opt("psa: pairs beyond the attention window get no weight, or enter the softmax at 0 (semseg's)."),
+    "acf_center_channels": Opt("acf: width of the class centres.", min=1, default_text="channels / 2"),
+    "aux_weight": Opt("Weight of the auxiliary FCN head's loss; 0 = no auxiliary head (AD-CAM / IRN's DeepLab v2).",
+                      min=0),
+    "class_weights": Opt("Per-class cross-entropy weights, background first, comma-separated (ACFNet's "
+                         "class-balanced loss)."),
+    "ohem_thresh": Opt("Online hard-pixel bootstrapping: train on pixels whose class probability is at most this "
+                       "(ACFNet: 0.7); 0 = off.", min=0, max=1),
+    "ohem_min_kept": Opt("With --ohem-thresh: at least this many hardest pixels per batch (ACFNet: 100000).", min=0),
+    "iterations": Opt("Optimiser steps.", min=1),
+    "batch_size": Opt("Global batch, images, split over processes.", min=1),
+    "crop": Opt("Training crop side, pixels.", min=16),
+    "base_size": Opt("Images are fit to (4 x base, base) before random scaling, pixels.", min=16),
+    "scale_range": Opt("Range of the random scaling, MIN,MAX."),
+    "photometric": Opt("Random photometric distortion (brightness, contrast, saturation, hue)."),
+    "lr": Opt("Learning rate, poly decay per iteration."),
+    "head_lr_mult": Opt("Heads' learning rate as a multiple of --lr (semseg's PSANet: 10).", min=0, min_open=True),
+    "momentum": Opt("SGD momentum.", min=0),
+    "weight_decay": Opt("Weight decay.", min=0),
+    "poly_power": Opt("Power of the poly decay.", min=0),
+    "sync_bn": Opt("SyncBatchNorm under torchrun (statistics over the global batch)."),
+    "val_every": Opt("Score the val split every this many epochs (and at the end).", min=1),
+    "keep_best": Opt("Keep the weights of the best val mIoU among the evaluations in the last this many iterations "
+                     "(PCAA's code: 10000); the last ones go to last.safetensors; 0 = keep the last.", min=0),
+    **_training_run(),
+}
+
+
 @main.command("train-seg")
-@click.option("--tensorboard", is_flag=True, default=None, help="Also write TensorBoard events to OUT/tensorboard (pip install 'wsss[tensorboard]').")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe (configs/*.yaml); options below override its train_seg section.")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
-@click.option("--data-root", default=None, help="Dataset folder.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, help="Folder datasets without splits/: write a seeded train/val split with this fraction for val [default: none, --split must name a split or be all].")
-@click.option("--split", default=None, help="Training split [default: train].")
-@click.option("--masks", default=None, help="Training masks: the make-pseudo folder [default: the dataset's ground truth].")
-@click.option("--val-split", default=None, help="Split scored against ground truth during training [default: val].")
-@click.option("--head", type=click.Choice(["pcaa", "acf", "psa", "fcn", "deeplabv2"]), default=None, help="Segmentation head [default: pcaa].")
-@click.option("--backbone", default=None, help="resnet50_v1c|resnet101_v1c|resnet50|resnet101|resnet_tiny, dilated to stride 8 [default: resnet101_v1c].")
-@click.option("--pretrained", default=None, help="Local ImageNet weights of the backbone, or builtin:NAME [default: none, from scratch].")
-@click.option("--contract-dilation/--no-contract-dilation", default=None, help="Halve the first layer3 / layer4 block's dilation (mmseg's -d8 configs); the PCAA repository and semseg do not [default: contract].")
-@click.option("--multi-grid", default=None, help="layer4's per-block dilation multipliers, e.g. 1,2,4 (PCAA's ADE20K: dilations 4 / 8 / 16) [default: none].")
-@click.option("--patch-label-min-frac", type=click.FloatRange(0, 1, max_open=True), default=None, help="pcaa: a class is positive in a patch where it covers more than this fraction of it (PCAA's code: 0.01; Eq. 4: 0) [default: 0].")
-@click.option("--focal-reduction", type=click.Choice(["sum", "mean"]), default=None, help="pcaa: stacked modules' focal terms summed (Eq. 10) or averaged (PCAA's code) [default: sum].")
-@click.option("--psa-outside", type=click.Choice(["excluded", "zero"]), default=None, help="psa: pairs beyond the attention window get no weight, or enter the softmax at 0 (semseg's) [default: excluded].")
-@click.option("--acf-center-channels", type=click.IntRange(1), default=None, help="acf: width of the class centres [default: channels / 2].")
-@click.option("--aux-weight", type=click.FloatRange(0), default=None, help="Weight of the auxiliary FCN head's loss; 0 = no auxiliary head (AD-CAM / IRN's DeepLab v2) [default: 0.4].")
-@click.option("--class-weights", default=None, help="Per-class cross-entropy weights, background first, comma-separated (ACFNet's class-balanced loss) [default: none].")
-@click.option("--ohem-thresh", type=click.FloatRange(0, 1), default=None, help="Online hard-pixel bootstrapping: train on pixels whose class probability is at most this (ACFNet: 0.7); 0 = off [default: 0].")
-@click.option("--ohem-min-kept", type=click.IntRange(0), default=None, help="With --ohem-thresh: at least this many hardest pixels per batch (ACFNet: 100000) [default: 100000].")
-@click.option("--head-lr-mult", type=click.FloatRange(0, min_open=True), default=None, help="Heads' learning rate as a multiple of --lr (semseg's PSANet: 10) [default: 1].")
-@click.option("--keep-best", type=click.IntRange(0), default=None, help="Keep the weights of the best val mIoU among the evaluations in the last this many iterations (PCAA's code: 10000); the last ones go to last.safetensors; 0 = keep the last [default: 0].")
-@click.option("--iterations", type=click.IntRange(1), default=None, help="Optimiser steps [default: 20000].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch, images, split over processes [default: 16].")
-@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop side, pixels [default: 512].")
-@click.option("--lr", type=float, default=None, help="Learning rate, poly decay per iteration [default: 0.01].")
-@click.option("--channels", type=click.IntRange(1), default=None, help="Head width (512 in the papers) [default: 512].")
-@click.option("--base-size", type=click.IntRange(16), default=None, help="Images are fit to (4 x base, base) before random scaling, pixels [default: 512].")
-@click.option("--val-every", type=click.IntRange(1), default=None, help="Score the val split every this many epochs (and at the end) [default: 1].")
-@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes per process [default: 2].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train [default: auto].")
-@click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and initialisation [default: 0].")
-@click.option("--out", default=None, help="Output folder [default: runs/seg].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Train again from scratch in an --out that holds a run (refused without it).")
-def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks, val_split, head, backbone, pretrained,
-                  contract_dilation, multi_grid, patch_label_min_frac, focal_reduction, psa_outside, acf_center_channels,
-                  aux_weight, class_weights, ohem_thresh, ohem_min_kept, head_lr_mult, keep_best, iterations,
-                  batch_size, crop, lr, workers, device, seed, out, channels, base_size, val_every, resume, overwrite, tensorboard) -> None:
+@config_options(TrainSegConfig, "train_seg", TRAIN_SEG_OPTIONS)
+@RESUME
+@OVERWRITE_RUN
+def train_seg_cmd(cfg, resume, overwrite) -> None:
     """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
 
     Multi-GPU: torchrun --nproc_per_node N -m wsss train-seg ... (SyncBatchNorm, same results as one process).
     """
-    from wsss.seg.train import TrainSegConfig, train_seg
+    from wsss.seg.train import train_seg
 
-    cfg = load_config(TrainSegConfig, config_path, {
-        "data.kind": data_kind, "data.val_fraction": val_fraction, "data.root": data_root, "data.split": split, "data.masks": masks,
-        "val_split": val_split, "head": head, "backbone": backbone, "pretrained": pretrained,
-        "contract_dilation": contract_dilation, "multi_grid": _int_list(multi_grid, "--multi-grid"),
-        "patch_label_min_frac": patch_label_min_frac, "focal_reduction": focal_reduction,
-        "psa_outside": psa_outside, "acf_center_channels": acf_center_channels, "aux_weight": aux_weight,
-        "class_weights": _float_list(class_weights, "--class-weights"), "ohem_thresh": ohem_thresh,
-        "ohem_min_kept": ohem_min_kept, "head_lr_mult": head_lr_mult, "keep_best": keep_best,
-        "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "workers": workers,
-        "device": device, "seed": seed, "channels": channels, "base_size": base_size, "val_every": val_every, "out": out,
-        "tensorboard": tensorboard,
-    }, section="train_seg")
     train_seg(cfg, resume=resume, overwrite=overwrite, progress=sys.stderr.isatty())
 
 
@@ -557,7 +585,7 @@ def train_seg_cmd(config_path, data_kind, data_root, val_fraction, split, masks,
 @click.option("--out", required=True, help="Folder for the wsss segmentation run (config.yaml, class_names.txt, model.safetensors).")
 @click.option("--data-kind", type=click.Choice(["cityscapes", "ade20k", "pascal_context", "voc", "coco"]), default=None, help="Dataset the checkpoint was trained on: gives the class names [default: from the class count, 19 cityscapes / 150 ade20k / 59 pascal_context].")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Class-names file, one per line in the checkpoint's order (instead of --data-kind).")
-@click.option("--multi-grid", default=None, help="layer4 multipliers the checkpoint was trained with (PCAA's ADE20K: 1,2,4) [default: none].")
+@click.option("--multi-grid", default=None, callback=comma_list(int), help="layer4 multipliers the checkpoint was trained with (PCAA's ADE20K: 1,2,4) [default: none].")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Sliding-window size predict uses [default: 768 cityscapes, else 512].")
 @click.option("--base-size", type=click.IntRange(16), default=None, help="Resize base predict uses [default: 1024 cityscapes, else 512].")
 @click.option("--strict/--no-strict", default=True, help="Refuse a checkpoint whose converted keys or shapes do not match [default: strict].")
@@ -569,7 +597,7 @@ def convert_weights_cmd(source, checkpoint, out, data_kind, classes_file, multi_
     if classes_file is not None:
         names = [n for n in classes_file.read_text().splitlines() if n.strip()]
     result = convert_pcaa(
-        checkpoint, out, class_names=names, data_kind=data_kind, multi_grid=_int_list(multi_grid, "--multi-grid"),
+        checkpoint, out, class_names=names, data_kind=data_kind, multi_grid=multi_grid,
         crop=crop, base_size=base_size, strict=strict,
     )
     data_kind = json.loads((result / "done.json").read_text())["data_kind"]
@@ -577,33 +605,27 @@ def convert_weights_cmd(source, checkpoint, out, data_kind, classes_file, multi_
                f"{data_kind or '<kind>'} --data-root <dataset> --split val --out {result}_val")
 
 
-@main.command("predict")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML recipe; options below override its predict section.")
-@click.option("--seg-dir", default=None, help="train-seg output folder (config.yaml + model.safetensors).")
-@click.option("--data-kind", type=click.Choice(DATA_KINDS), default=None, help="Dataset layout [default: voc].")
-@click.option("--data-root", default=None, help="Dataset folder.")
-@click.option("--split", default=None, help="Images to segment [default: train].")
-@click.option("--mode", type=click.Choice(["whole", "slide"]), default=None, help="Whole image or sliding window [default: whole].")
-@click.option("--scales", default=None, help="Comma-separated scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 [default: 1.0].")
-@click.option("--flip/--no-flip", default=None, help="Also segment the mirrored image [default: no flip].")
-@click.option("--crf/--no-crf", default=None, help="Dense-CRF post-processing [default: off].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to run [default: auto].")
-@click.option("--out", default=None, help="Folder for the palette PNG masks [default: runs/pred].")
-@click.option("--overwrite", is_flag=True, help="Redo images already in --out.")
-def predict_cmd(config_path, seg_dir, data_kind, data_root, split, mode, scales, flip, crf, device, out, overwrite) -> None:
-    """Segment images with a train-seg model; palette PNGs that wsss eval scores."""
-    from wsss.seg.predict import PredictConfig, predict
+PREDICT_OPTIONS = {
+    "seg_dir": Opt("train-seg output folder (config.yaml + model.safetensors)."),
+    **_data("Images to segment."),
+    "mode": Opt("Whole image or sliding window.", choices=("whole", "slide")),
+    "scales": Opt("Comma-separated scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75."),
+    "flip": Opt("Also segment the mirrored image."),
+    "crop": Opt("slide: window side, pixels; 0 = the training crop.", min=0),
+    "stride": Opt("slide: window step, pixels; 0 = two thirds of the window.", min=0),
+    "crf": Opt("Dense-CRF post-processing."),
+    "device": DEVICE,
+    "out": Opt("Folder for the palette PNG masks."),
+    "overwrite": Opt("Redo images already in --out.", switch=True),
+}
 
-    parsed = None
-    if scales is not None:
-        try:
-            parsed = [float(s) for s in scales.split(",") if s.strip()]
-        except ValueError:
-            raise click.BadParameter(f"'{scales}' is not a comma-separated list of numbers", param_hint="--scales")
-    cfg = load_config(PredictConfig, config_path, {
-        "seg_dir": seg_dir, "data.kind": data_kind, "data.root": data_root, "data.split": split, "mode": mode,
-        "scales": parsed, "flip": flip, "crf": crf, "device": device, "out": out, "overwrite": overwrite or None,
-    }, section="predict")
+
+@main.command("predict")
+@config_options(PredictConfig, "predict", PREDICT_OPTIONS)
+def predict_cmd(cfg) -> None:
+    """Segment images with a train-seg model; palette PNGs that wsss eval scores."""
+    from wsss.seg.predict import predict
+
     predict(cfg, progress=sys.stderr.isatty())
 
 
