@@ -14,7 +14,7 @@ import types
 import typing
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, ClassVar, Literal, Mapping, TypeVar
 
 import yaml
 
@@ -50,6 +50,10 @@ class TrainRunConfig:
     # TensorBoard events in out/tensorboard as well as metrics.jsonl (needs wsss[tensorboard]); not a
     # training setting: a resumed run may switch it.
     tensorboard: bool = False
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("workers", "tensorboard")
+    """Settings that cannot change what is trained: a ``--resume`` may use other values
+    (:data:`wsss.engine.loop.RUNTIME_ONLY`), and make-pseudo's manifest leaves them out of ``irn``."""
 
 
 def config_fields(cfg: Any) -> list[dataclasses.Field]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import cv2
 import numpy as np
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 
 from wsss.cls.models import load_trained_classifier
 from wsss.data.transforms import normalize, resize_to, scaled_size
-from wsss.config import ConfigError, to_dict
-from wsss.engine.outputs import check_output_settings, pending_ids, prepare_output
+from wsss.config import ConfigError
+from wsss.engine.outputs import ImageOutputs, output_settings
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.cam.files import CAM_FILE_SUFFIX, load_cam, save_cam  # noqa: F401  (re-exported)
-from wsss.io import WsssDataError, write_json
+from wsss.io import WsssDataError
 from wsss.registry import Registry
 
 MethodFn = Callable[[torch.nn.Module, torch.Tensor, "ExtractCamConfig"], torch.Tensor]
@@ -142,6 +142,9 @@ class ExtractCamConfig:
     max_side: int | None = None
     resize: str = "pil"
     attn_renorm: bool = True
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("overwrite", "device")
+    """Settings that do not change the CAMs: left out of the output's manifest (:func:`output_settings`)."""
 
 
 ATTENTION_METHODS = ("adcam", "attn-diffusion", "tscam")
@@ -277,13 +280,9 @@ def extract_one(model: torch.nn.Module, image: np.ndarray, label: np.ndarray, cf
     return out
 
 
-def _manifest(cfg: ExtractCamConfig) -> dict:
-    d = to_dict(cfg)
-    d.pop("overwrite")
-    d.pop("device")
+def _checkpoint_mtime(cfg: ExtractCamConfig) -> float | None:
     weights = Path(cfg.cls_dir) / "model.safetensors"
-    d["checkpoint_mtime"] = weights.stat().st_mtime if weights.is_file() else None
-    return d
+    return weights.stat().st_mtime if weights.is_file() else None
 
 
 def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
@@ -299,26 +298,23 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
         raise ConfigError(f"file_format must be 'npz' or 'irn', got '{cfg.file_format}'")
     suffix = CAM_FILE_SUFFIX[cfg.file_format]
     device = dist.init_distributed(cfg.device)
-    out = Path(cfg.out)
+    outputs = ImageOutputs(cfg.out, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
+    out = outputs.out
     ds = build_dataset(cfg.data)
     require_background(ds, "extract-cam")
-    manifest = {**_manifest(cfg), "class_names": list(ds.class_names)}
-    check_output_settings(out, manifest, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
+    manifest = output_settings(cfg, checkpoint_mtime=_checkpoint_mtime(cfg), class_names=list(ds.class_names))
+    outputs.check(manifest)
     model, _ = load_trained_classifier(cfg.cls_dir, device)
     free = available_bytes(device)
     _check_sizes_fit(model, cfg, ds, device, free)  # before the manifest: a refusal leaves nothing behind
-    if dist.is_main():
-        prepare_output(out, manifest, cfg, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)
-    dist.barrier()
-    todo = pending_ids(ds.ids, out, suffix, "CAM files", cfg.overwrite)
-    from wsss.engine.loop import tracked
+    outputs.open(manifest, cfg)
 
-    for image_id in tracked(todo, f"extract-cam {cfg.method}", progress):
+    def extract(image_id: str) -> None:
         sample = ds.load(image_id, with_mask=False)
         save_cam(out / f"{image_id}{suffix}", extract_one(model, sample.image, sample.label, cfg, device))
         for other in set(CAM_FILE_SUFFIX.values()) - {suffix}:  # after --overwrite in the other format
             (out / f"{image_id}{other}").unlink(missing_ok=True)
-    dist.barrier()
-    if dist.is_main():
-        write_json(out / "done.json", {"images": len(ds.ids), "method": cfg.method})
+
+    outputs.run(ds.ids, suffix, f"extract-cam {cfg.method}", progress, extract, files="CAM files")
+    outputs.finish({"images": len(ds.ids), "method": cfg.method})
     return out

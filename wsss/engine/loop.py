@@ -128,7 +128,7 @@ class LoopSettings:
 
 
 # Settings that cannot change what is trained: a resumed run may use other values.
-RUNTIME_ONLY = ("workers", "tensorboard")
+RUNTIME_ONLY = TrainRunConfig.RUN_ONLY
 
 
 def _resume_settings(config: Any) -> dict[str, Any]:

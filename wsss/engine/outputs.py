@@ -1,13 +1,17 @@
 """Output folders of the per-image stages (extract-cam, make-pseudo, predict): the settings that
 made a folder's files are recorded in its ``manifest.json``, a rerun with other settings is refused
-instead of mixing outputs, and a rerun with the same ones continues with the ids not written yet."""
+instead of mixing outputs, and a rerun with the same ones continues with the ids not written yet.
+
+:func:`output_settings` makes a stage's manifest from its config (the fields its class declares
+``RUN_ONLY`` left out); :class:`ImageOutputs` is the driver of the stages' per-image loops."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from wsss.config import ConfigError, save_config
+from wsss.config import ConfigError, save_config, to_dict
 from wsss.io import write_json
 
 MANIFEST = "manifest.json"
@@ -84,3 +88,90 @@ def pending_ids(ids: Sequence[str], out: str | Path, suffix: str, what: str, ove
     if announce and len(todo) < len(ids):
         print(f"{len(ids) - len(todo)} of {len(ids)} {what} already in {out}; continuing")
     return todo
+
+
+def output_settings(cfg: Any, leave_out: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    """The settings that define a per-image stage's outputs, as its ``manifest.json`` records them:
+    ``cfg`` as a plain dict (:func:`~wsss.config.to_dict`) without the fields its class names in
+    ``RUN_ONLY`` (how a run goes, not what it writes: ``device``, ``overwrite``, ...), the same for a
+    nested config (make-pseudo's ``irn``: a training config's ``RUN_ONLY``), without ``leave_out``
+    (settings this run does not use), then the ``extra`` entries (``class_names``, ...) in order."""
+    settings = _without_run_only(cfg, to_dict(cfg))
+    for key in leave_out:
+        settings.pop(key)
+    settings.update(extra)
+    return settings
+
+
+def _without_run_only(cfg: Any, plain: Mapping[str, Any]) -> dict[str, Any]:
+    skip = getattr(cfg, "RUN_ONLY", ())
+    return {k: _without_run_only(getattr(cfg, k), v) if dataclasses.is_dataclass(getattr(cfg, k)) else v
+            for k, v in plain.items() if k not in skip}
+
+
+Track = Callable[..., Iterable]
+"""``track(items, total=None)``: ``items`` with the stage's progress bar (:func:`wsss.engine.loop.tracked`)."""
+
+
+class ImageOutputs:
+    """The driver of a per-image stage (extract-cam, predict, make-pseudo and IRN's steps in it): its
+    resumable output folder ``out`` of ``<id><suffix>`` files, ``what`` they are ("CAMs", "masks")
+    in messages. A stage calls the steps in this order, doing its own work between them (loading a
+    model, checking its inputs), so that a refusal comes before anything is written:
+
+    1. :meth:`check`: refuse a folder whose manifest records other settings, before anything is
+       loaded (optional: :meth:`open` checks too);
+    2. :meth:`open`: rank 0 records the settings and the config (:func:`prepare_output`); every
+       rank waits for it;
+    3. :meth:`run`: this rank's ids not written yet (:func:`pending_ids`) through the stage's
+       per-image function, or its own loop over them, with the progress bar; every rank waits
+       for the last;
+    4. :meth:`finish`: rank 0 writes ``done.json``.
+
+    ``implied``: what a setting meant in manifests written before it existed (:func:`check_output_settings`).
+    A folder without a manifest (make-pseudo's ``ir_label/``) uses :meth:`run` alone.
+    """
+
+    def __init__(self, out: str | Path, what: str, overwrite: bool = False,
+                 implied: Mapping[str, Any] | None = None) -> None:
+        self.out, self.what, self.overwrite, self.implied = Path(out), what, overwrite, implied
+
+    def check(self, settings: Mapping[str, Any]) -> None:
+        check_output_settings(self.out, settings, self.what, self.overwrite, self.implied)
+
+    def open(self, settings: Mapping[str, Any], cfg: Any) -> Path:
+        from wsss.engine import dist
+
+        if dist.is_main():
+            prepare_output(self.out, settings, cfg, self.what, self.overwrite, self.implied)
+        dist.barrier()
+        return self.out
+
+    def run(self, ids: Sequence[str], suffix: str, desc: str, progress: bool,
+            each: Callable[[str], Any] | None = None, *, loop: Callable[[list[str], Track], Any] | None = None,
+            files: str | None = None) -> list[str]:
+        """Make the pending ids' files: ``each(image_id)`` one after another, or ``loop(todo, track)``
+        for a stage that walks them its own way (processes, batches), iterating ``track(items,
+        total=None)`` for the progress bar. ``files``: the outputs' name in the "already done" line
+        (default ``what``). Returns this rank's pending ids."""
+        from wsss.engine import dist
+        from wsss.engine.loop import tracked
+
+        todo = pending_ids(ids, self.out, suffix, files or self.what, self.overwrite)
+
+        def track(items, total=None):
+            return tracked(items, desc, progress, total=total)
+
+        if loop is not None:
+            loop(todo, track)
+        else:
+            for image_id in track(todo):
+                each(image_id)
+        dist.barrier()
+        return todo
+
+    def finish(self, record: Mapping[str, Any]) -> None:
+        from wsss.engine import dist
+
+        if dist.is_main():
+            write_json(self.out / "done.json", dict(record))

@@ -28,17 +28,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from wsss.cam.files import load_cam
-from wsss.config import ConfigError, to_dict
-from wsss.engine.outputs import check_output_settings, check_provenance, pending_ids, prepare_output
+from wsss.config import ConfigError
+from wsss.engine.outputs import ImageOutputs, check_provenance, output_settings
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.engine.workers import die_with_parent
-from wsss.io import WsssDataError, atomic_write, read_image, read_image_size, write_gray, write_json, write_mask
+from wsss.io import WsssDataError, atomic_write, read_image, read_image_size, write_gray, write_mask
 from wsss.eval.metrics import cam_to_mask
 from wsss.pseudo.irnet import infer_boundary
 from wsss.pseudo.random_walk import irn_postprocess, propagate_batch
@@ -89,6 +90,12 @@ class MakePseudoConfig:
     mask_format: str = "palette"
     irn_pad: int | None = None
     calibrate_from: str | None = None
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("workers", "overwrite", "device")
+    """Settings that do not change the masks: left out of the output's manifest (:func:`output_settings`;
+    of ``irn``, its training config's ``RUN_ONLY``)."""
+    IRN_ONLY: ClassVar[tuple[str, ...]] = ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad")
+    """Settings only ``refine: irn`` uses: left out of the other modes' manifests."""
 
 
 IRN_SEED_THRESHOLD = 0.15
@@ -171,29 +178,17 @@ def _mask_one_image(image_id: str, image_path: str, cfg: MakePseudoConfig) -> st
 def _masks_image_by_image(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> None:
     """Run :func:`_mask_one_image` on every image not yet in ``out`` (in ``workers`` processes; under
     ``torchrun`` each rank takes every ``world``-th image, and all wait for the last)."""
-    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
-    paths = [str(ds.image_path(i)) for i in todo]
-    from wsss.engine.loop import tracked
+    def masks(todo: list[str], track) -> None:
+        paths = [str(ds.image_path(i)) for i in todo]
+        if cfg.workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(cfg.workers, initializer=die_with_parent) as pool:
+                for _ in track(pool.map(partial(_mask_one_image, cfg=cfg), todo, paths, chunksize=4), total=len(todo)):
+                    pass
+        else:
+            for image_id, path in track(list(zip(todo, paths))):
+                _mask_one_image(image_id, path, cfg)
 
-    if cfg.workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(cfg.workers, initializer=die_with_parent) as pool:
-            for _ in tracked(pool.map(partial(_mask_one_image, cfg=cfg), todo, paths, chunksize=4), f"make-pseudo {cfg.refine}",
-                             progress, total=len(todo)):
-                pass
-    else:
-        for image_id, path in tracked(list(zip(todo, paths)), f"make-pseudo {cfg.refine}", progress):
-            _mask_one_image(image_id, path, cfg)
-    dist.barrier()
-
-
-def _manifest_settings(cfg: MakePseudoConfig) -> dict:
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device")}
-    if cfg.refine != "irn":
-        for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad"):
-            settings.pop(k)
-    else:
-        settings["irn"] = {k: v for k, v in settings["irn"].items() if k not in ("workers", "tensorboard")}
-    return settings
+    ImageOutputs(out, "masks", cfg.overwrite).run(ds.ids, ".png", f"make-pseudo {cfg.refine}", progress, loop=masks)
 
 
 MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0, "class_names": None, "irn": {"resize": "opencv"}}
@@ -245,9 +240,10 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     The inputs are checked before anything is written to ``out``."""
     if cfg.refine not in REFINE_MODES:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
-    out = Path(cfg.out)
+    outputs = ImageOutputs(cfg.out, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
+    out = outputs.out
     run, seed_threshold = calibrated(cfg)
-    settings = _manifest_settings(cfg)
+    settings = output_settings(cfg, () if cfg.refine == "irn" else cfg.IRN_ONLY)
     if seed_threshold is not None:
         settings["calibrated"] = {k: round(getattr(run, k), 6) for k in ("conf_fg", "conf_bg", "threshold")}
     if cfg.mask_format not in ("palette", "index"):
@@ -256,16 +252,14 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
         from wsss.data.transforms import check_resize_kernel
 
         check_resize_kernel(cfg.irn.resize)
-    check_output_settings(out, settings, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
+    outputs.check(settings)
     ds = build_dataset(cfg.data)
     require_background(ds, "make-pseudo")
     check_provenance(cfg.cam_dir, ds.class_names, "CAMs")
     check_cam_folder(cfg.cam_dir, ds.ids, ds.num_fg)
     settings["class_names"] = list(ds.class_names)
     dist.init_distributed(cfg.device)
-    if dist.is_main():
-        prepare_output(out, settings, cfg, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
-    dist.barrier()
+    outputs.open(settings, cfg)
     if seed_threshold is not None and dist.is_main():
         print(f"make-pseudo: thresholds calibrated to seed threshold {seed_threshold:g}: "
               f"conf_fg {run.conf_fg:.3f}, conf_bg {run.conf_bg:.3f}, threshold {run.threshold:.3f} "
@@ -276,7 +270,8 @@ def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
         _masks_image_by_image(run, ds, out, progress)
     if dist.is_main():
         warn_if_background_only(out, ds.ids)
-        write_json(out / "done.json", {"images": len(ds.ids), "refine": cfg.refine})
+    outputs.finish({"images": len(ds.ids), "refine": cfg.refine})
+    if dist.is_main():
         from wsss.config import data_options, gt_folder, shell_command
 
         print(f"make-pseudo done: {len(ds.ids)} masks in {out}. Next: "
@@ -302,21 +297,21 @@ def _masks_with_irn(cfg: MakePseudoConfig, ds, out: Path, progress: bool) -> Non
     from wsss.config import read_yaml
 
     pad = cfg.irn_pad if cfg.irn_pad is not None else int(read_yaml(irn_dir / "config.yaml").get("crop", 0))
-    todo = pending_ids(ds.ids, out, ".png", "masks", cfg.overwrite)
-    from wsss.engine.loop import tracked
 
-    if device.type == "cpu" and cfg.workers > 1 and len(todo) > WALK_BATCH:
-        # On CPU the walk runs single-threaded (random_walk's cpu_threads), so one process leaves the
-        # other cores idle: split the images over `workers` processes, WALK_BATCH per task. Each
-        # image's values are the same as in one process (its boundary and walk never mix with others).
-        chunks = [todo[i : i + WALK_BATCH] for i in range(0, len(todo), WALK_BATCH)]
-        with ProcessPoolExecutor(cfg.workers, initializer=_start_walker, initargs=(cfg, str(out), str(irn_dir), pad)) as pool:
-            for _ in tracked(pool.map(_walk_chunk, chunks), "make-pseudo irn (walk)", progress, total=len(chunks)):
-                pass
-    else:
-        walker = _Walker(cfg, out, load_boundary_net(irn_dir, device), pad, ds)
-        walker.walk(tracked(todo, "make-pseudo irn (walk)", progress))
-    dist.barrier()
+    def walk(todo: list[str], track) -> None:
+        if device.type == "cpu" and cfg.workers > 1 and len(todo) > WALK_BATCH:
+            # On CPU the walk runs single-threaded (random_walk's cpu_threads), so one process leaves the
+            # other cores idle: split the images over `workers` processes, WALK_BATCH per task. Each
+            # image's values are the same as in one process (its boundary and walk never mix with others).
+            chunks = [todo[i : i + WALK_BATCH] for i in range(0, len(todo), WALK_BATCH)]
+            with ProcessPoolExecutor(cfg.workers, initializer=_start_walker, initargs=(cfg, str(out), str(irn_dir), pad)) as pool:
+                for _ in track(pool.map(_walk_chunk, chunks), total=len(chunks)):
+                    pass
+        else:
+            walker = _Walker(cfg, out, load_boundary_net(irn_dir, device), pad, ds)
+            walker.walk(track(todo))
+
+    ImageOutputs(out, "masks", cfg.overwrite).run(ds.ids, ".png", "make-pseudo irn (walk)", progress, loop=walk)
 
 
 class _Walker:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from wsss.config import to_dict
-from wsss.engine.outputs import pending_ids, prepare_output
+from wsss.engine.outputs import ImageOutputs, output_settings
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
-from wsss.io import read_image, write_json, write_mask
+from wsss.io import read_image, write_mask
 from wsss.seg.inference import (  # noqa: F401  (re-exported: their home was this module)
     INFER_MODES,
     crf_from_probs,
@@ -60,23 +60,22 @@ class PredictConfig:
     device: str = "auto"
     overwrite: bool = False
 
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("device", "overwrite")
+    """Settings that do not change the masks: left out of the output's manifest (:func:`output_settings`)."""
+
 
 def predict(cfg: PredictConfig, progress: bool = True) -> Path:
     """Segment every image of ``cfg.data`` and write ``out/<id>.png``; returns ``out``."""
-    out = Path(cfg.out)
+    outputs = ImageOutputs(cfg.out, "predictions", cfg.overwrite)
+    out = outputs.out
     device = dist.init_distributed(cfg.device)
     model, train_cfg = load_trained_segmenter(cfg.seg_dir, device)
     crop = cfg.crop or train_cfg.crop
     stride = cfg.stride or max(1, 2 * crop // 3)
     ds = build_dataset(cfg.data)
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "overwrite")}
-    if dist.is_main():
-        prepare_output(out, settings, cfg, "predictions", cfg.overwrite)
-    dist.barrier()
-    todo = pending_ids(ds.ids, out, ".png", "predictions", cfg.overwrite)
-    from wsss.engine.loop import tracked
+    outputs.open(output_settings(cfg), cfg)
 
-    for image_id in tracked(todo, "predict", progress):
+    def predict_one(image_id: str) -> None:
         image = read_image(ds.image_path(image_id))
         probs = segment(model, image, base_size=train_cfg.base_size, scales=tuple(cfg.scales), flip=cfg.flip,
                         mode=cfg.mode, crop=crop, stride=stride)
@@ -85,9 +84,10 @@ def predict(cfg: PredictConfig, progress: bool = True) -> Path:
         else:
             mask = probs.argmax(0).cpu().numpy()
         write_mask(out / f"{image_id}.png", mask.astype(np.uint8))
-    dist.barrier()
+
+    outputs.run(ds.ids, ".png", "predict", progress, predict_one)
+    outputs.finish({"images": len(ds.ids), "mode": cfg.mode, "scales": list(cfg.scales)})
     if dist.is_main():
-        write_json(out / "done.json", {"images": len(ds.ids), "mode": cfg.mode, "scales": list(cfg.scales)})
         from wsss.config import gt_folder, shell_command
 
         print(f"predict done: {len(ds.ids)} masks in {out}. Next: "

@@ -1,0 +1,90 @@
+"""The per-image stages' shared driver (engine.outputs.ImageOutputs) and their manifests
+(engine.outputs.output_settings): the manifests are what each stage recorded before the settings
+were declared once per config class (the old code is restated here), so existing folders resume."""
+import json
+from pathlib import Path
+
+import pytest
+
+from wsss.cam.extract import ExtractCamConfig, _checkpoint_mtime
+from wsss.config import ConfigError, to_dict
+from wsss.data import DataConfig
+from wsss.engine.outputs import ImageOutputs, output_settings
+from wsss.pseudo.make import MakePseudoConfig
+from wsss.pseudo.train_irn import TrainIrnConfig
+from wsss.seg.predict import PredictConfig
+
+
+def _old_extract_manifest(cfg, class_names):
+    d = to_dict(cfg)
+    d.pop("overwrite")
+    d.pop("device")
+    weights = Path(cfg.cls_dir) / "model.safetensors"
+    d["checkpoint_mtime"] = weights.stat().st_mtime if weights.is_file() else None
+    return {**d, "class_names": list(class_names)}
+
+
+def _old_predict_settings(cfg):
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("device", "overwrite")}
+
+
+def _old_make_pseudo_settings(cfg):
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device")}
+    if cfg.refine != "irn":
+        for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad"):
+            settings.pop(k)
+    else:
+        settings["irn"] = {k: v for k, v in settings["irn"].items() if k not in ("workers", "tensorboard")}
+    return settings
+
+
+def _same(a, b):
+    """Equal and written the same (key order included): manifest.json byte for byte."""
+    assert json.dumps(a, indent=2) == json.dumps(b, indent=2)
+
+
+def test_each_stages_manifest_is_the_one_it_recorded_before(tmp_path):
+    data = DataConfig(kind="voc", root=str(tmp_path / "voc"), split="val")
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "model.safetensors").write_bytes(b"x")
+    names = ["background", "cat"]
+    for cfg in (ExtractCamConfig(), ExtractCamConfig(data=data, cls_dir=str(tmp_path / "cls"), method="adcam",
+                                                     device="cpu", overwrite=True, max_side=500, scales=(1.0, 2.0))):
+        new = output_settings(cfg, checkpoint_mtime=_checkpoint_mtime(cfg), class_names=names)
+        _same(new, _old_extract_manifest(cfg, names))
+    for cfg in (PredictConfig(), PredictConfig(data=data, mode="slide", crf=True, device="cuda", overwrite=True)):
+        _same(output_settings(cfg), _old_predict_settings(cfg))
+    irn = TrainIrnConfig(backbone="resnet_tiny", workers=7, tensorboard=True, device="cpu", crop=64)
+    for refine in ("none", "crf", "ir-label", "irn"):
+        for cfg in (MakePseudoConfig(refine=refine),
+                    MakePseudoConfig(data=data, refine=refine, irn=irn, workers=5, device="cpu", overwrite=True,
+                                     irn_pad=0, save_scores=True, mask_format="index")):
+            new = output_settings(cfg, () if cfg.refine == "irn" else cfg.IRN_ONLY)
+            _same(new, _old_make_pseudo_settings(cfg))
+
+
+def test_the_driver_checks_records_resumes_and_finishes(tmp_path, capsys):
+    out = tmp_path / "out"
+    settings = {"threshold": 0.25, "class_names": ["background", "cat"]}
+    outputs = ImageOutputs(out, "masks", implied={"mask_format": "palette"})
+    outputs.check(settings)  # nothing there yet
+    assert not out.exists()
+    outputs.open(settings, PredictConfig())
+    assert json.loads((out / "manifest.json").read_text()) == settings and (out / "config.yaml").is_file()
+    (out / "a.png").write_bytes(b"")
+    seen = []
+    assert outputs.run(["a", "b", "c"], ".png", "test", False, seen.append) == ["b", "c"]
+    assert seen == ["b", "c"]
+    assert "1 of 3 masks already in" in capsys.readouterr().out
+
+    def loop(todo, track):
+        seen.append(list(track(iter(todo), total=len(todo))))
+
+    outputs.run(["a", "b"], ".png", "test", False, loop=loop, files="mask files")
+    assert seen[-1] == ["b"] and "1 of 2 mask files already in" in capsys.readouterr().out
+    outputs.finish({"images": 3})
+    assert json.loads((out / "done.json").read_text()) == {"images": 3}
+    with pytest.raises(ConfigError, match=r"holds masks made with other settings \(threshold\); pass --overwrite"):
+        outputs.check({**settings, "threshold": 0.5})
+    ImageOutputs(out, "masks", overwrite=True).check({**settings, "threshold": 0.5})
+    outputs.check({**settings, "mask_format": "palette"})  # implied by a manifest without it
