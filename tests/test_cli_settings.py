@@ -164,3 +164,17 @@ def test_fixed_choices_come_from_the_annotations_and_registries():
     assert set(_option_of(main.commands["extract-cam"], "method").type.choices) == set(CAM_METHODS)
     focal = typing.get_args(typing.get_type_hints(_stage("train-seg")[1])["focal_reduction"])
     assert tuple(_option_of(main.commands["train-seg"], "focal_reduction").type.choices) == focal
+
+
+def test_every_fixed_choice_is_a_literal_or_a_registry():
+    """A str setting whose option offers choices takes them from its Literal annotation, or from a
+    registry (dataset kinds, CAM methods, heads): no list of choices written out by hand."""
+    from wsss.data import DATA_KINDS
+
+    registries = {tuple(DATA_KINDS), tuple(__import__("wsss.cam.extract", fromlist=["x"]).CAM_METHODS),
+                  tuple(__import__("wsss.seg.heads", fromlist=["x"]).HEADS)}
+    for name in STAGE_COMMANDS:
+        cmd, cls, options = _stage(name)
+        for path, spec in options.items():
+            if spec.choices is not None:
+                assert tuple(spec.choices) in registries, f"{name} {path}: choices by hand"

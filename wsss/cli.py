@@ -152,8 +152,7 @@ def make_toy_cmd(out: Path, size: int, num_train: int, num_val: int, seed: int, 
     click.echo("next: " + shell_command("eval", "--pred", root / "SegmentationClass", "--gt", root / "SegmentationClass"))
 
 
-DEVICES = ("auto", "cpu", "cuda")
-DEVICE = Opt("Where to run: auto = a GPU if present.", choices=DEVICES)
+DEVICE = Opt("Where to run: auto = a GPU if present.")
 
 
 def _data(split: str, root: str = "Dataset folder.") -> dict[str, Opt]:
@@ -344,14 +343,14 @@ EXTRACT_CAM_OPTIONS = {
     "max_side": Opt("Downscale images whose long side is larger to this many pixels for extraction (maps resized "
                     "back); lowers peak memory.", min=16),
     "resize": Opt("Kernel of each scale's resize: pil (IRN's protocol: PIL bicubic, antialiased when downscaling) "
-                  "or opencv (OpenCV cubic).", choices=("pil", "opencv")),
+                  "or opencv (OpenCV cubic)."),
     "attn_renorm": Opt("AD-CAM: rows of A renormalised to 1 after dropping the cls token, as Sec. 4.3 states."),
     "topk": Opt("AD-CAM: co-neighbours kept per token, k of Eq. 7.", min=1),
     "steps": Opt("AD-CAM: diffusion steps, T of Eq. 8.", min=0),
-    "diffusion": Opt("AD-CAM diffusion direction (distribute: the paper's text).", choices=("distribute", "average")),
+    "diffusion": Opt("AD-CAM diffusion direction (distribute: the paper's text)."),
     "device": DEVICE,
     "file_format": Opt("npz: <id>.npz, no pickle; irn: <id>.npy as IRN's make_cam writes it, for IRN-based code.",
-                       name="--format", choices=("npz", "irn")),
+                       name="--format"),
     "out": Opt("Output folder of <id>.npz (or .npy) files."),
     "overwrite": Opt("Redo images already written.", switch=True),
 }
@@ -433,7 +432,7 @@ _IRN_SET_BY_MAKE_PSEUDO = ("irn.data", "irn.ir_labels", "irn.out", "irn.device")
 MAKE_PSEUDO_OPTIONS = {
     "cam_dir": Opt("Folder of CAM files (.npz from extract-cam, or IRN's .npy)."),
     "refine": Opt("none: threshold; crf: dense CRF; ir-label: IRNet's training labels; irn: IR labels + IRNet + "
-                  "random walk.", choices=("none", "crf", "ir-label", "irn")),
+                  "random walk."),
     **_data("Images to process.", root="Dataset folder (the images, for the CRF and IRNet)."),
     "threshold": Opt("Background threshold of the seed (none, crf) or of the walk's scores (irn), in [0, 1]."),
     "conf_fg": Opt("ir-label/irn: confident-foreground threshold."),
@@ -449,8 +448,8 @@ MAKE_PSEUDO_OPTIONS = {
     "radius": Opt("irn: radius of the walk's affinity stencil, pixels of the stride-4 map.", min=1),
     "save_scores": Opt("irn: also write the walk's score maps (OUT/scores)."),
     "mask_format": Opt("PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which "
-                       "reads masks with imageio); the IR labels follow it.", choices=("palette", "index")),
-    "device": Opt("irn: where IRNet and the walk run (and the boundary net trains).", choices=DEVICES),
+                       "reads masks with imageio); the IR labels follow it."),
+    "device": Opt("irn: where IRNet and the walk run (and the boundary net trains)."),
     "workers": Opt("Processes.", min=1),
     "out": Opt("Folder of the PNG masks."),
     "overwrite": Opt("Redo masks already written.", switch=True),
@@ -608,7 +607,7 @@ def convert_weights_cmd(source, checkpoint, out, data_kind, classes_file, multi_
 PREDICT_OPTIONS = {
     "seg_dir": Opt("train-seg output folder (config.yaml + model.safetensors)."),
     **_data("Images to segment."),
-    "mode": Opt("Whole image or sliding window.", choices=("whole", "slide")),
+    "mode": Opt("Whole image or sliding window."),
     "scales": Opt("Comma-separated scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75."),
     "flip": Opt("Also segment the mirrored image."),
     "crop": Opt("slide: window side, pixels; 0 = the training crop.", min=0),

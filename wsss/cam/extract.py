@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from wsss.cls.models import load_trained_classifier
 from wsss.data.transforms import normalize, resize_to, scaled_size
-from wsss.config import ConfigError
+from wsss.config import ConfigError, check_choices
 from wsss.engine.outputs import ImageOutputs, output_settings
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
@@ -134,13 +134,13 @@ class ExtractCamConfig:
     flip: bool = True
     topk: int = 50
     steps: int = 2
-    diffusion: str = "distribute"
-    device: str = "auto"
-    file_format: str = "npz"
+    diffusion: Literal["distribute", "average"] = "distribute"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    file_format: Literal["npz", "irn"] = "npz"
     out: str = "runs/cam"
     overwrite: bool = False
     max_side: int | None = None
-    resize: str = "pil"
+    resize: Literal["pil", "opencv"] = "pil"
     attn_renorm: bool = True
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("overwrite", "device")
@@ -290,12 +290,7 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     written are skipped (unless ``overwrite``); under torchrun each rank takes
     every world_size-th image."""
     CAM_METHODS.lookup(cfg.method)
-    if cfg.diffusion not in ("distribute", "average"):
-        raise ConfigError(f"diffusion must be 'distribute' or 'average', got '{cfg.diffusion}'")
-    if cfg.resize not in ("pil", "opencv"):
-        raise ConfigError(f"resize must be 'pil' or 'opencv', got '{cfg.resize}'")
-    if cfg.file_format not in CAM_FILE_SUFFIX:
-        raise ConfigError(f"file_format must be 'npz' or 'irn', got '{cfg.file_format}'")
+    check_choices(cfg)
     suffix = CAM_FILE_SUFFIX[cfg.file_format]
     device = dist.init_distributed(cfg.device)
     outputs = ImageOutputs(cfg.out, "CAMs", cfg.overwrite, MANIFEST_IMPLIED)

@@ -28,13 +28,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import torch
 
 from wsss.cam.files import load_cam
-from wsss.config import ConfigError
+from wsss.config import ConfigError, check_choices
 from wsss.engine.outputs import ImageOutputs, check_provenance, output_settings
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
@@ -45,7 +45,8 @@ from wsss.pseudo.irnet import infer_boundary
 from wsss.pseudo.random_walk import irn_postprocess, propagate_batch
 from wsss.pseudo.train_irn import TrainIrnConfig
 
-REFINE_MODES = ("none", "crf", "ir-label", "irn")
+RefineMode = Literal["none", "crf", "ir-label", "irn"]
+REFINE_MODES = get_args(RefineMode)
 WALK_BATCH = 8
 
 
@@ -73,7 +74,7 @@ class MakePseudoConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     cam_dir: str = "runs/cam"
-    refine: str = "irn"
+    refine: RefineMode = "irn"
     threshold: float = 0.25
     conf_fg: float = 0.30
     conf_bg: float = 0.05
@@ -83,11 +84,11 @@ class MakePseudoConfig:
     exp_times: int = 8
     radius: int = 5
     save_scores: bool = False
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = 2
     out: str = "runs/pseudo"
     overwrite: bool = False
-    mask_format: str = "palette"
+    mask_format: Literal["palette", "index"] = "palette"
     irn_pad: int | None = None
     calibrate_from: str | None = None
 
@@ -238,20 +239,13 @@ def check_cam_folder(cam_dir: str | Path, ids: list[str], num_fg: int | None = N
 def make_pseudo(cfg: MakePseudoConfig, progress: bool = True) -> Path:
     """Make the pseudo masks of every image of ``cfg.data`` into ``cfg.out``; returns ``out``.
     The inputs are checked before anything is written to ``out``."""
-    if cfg.refine not in REFINE_MODES:
-        raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got '{cfg.refine}'")
+    check_choices(cfg)
     outputs = ImageOutputs(cfg.out, "masks", cfg.overwrite, MASK_FORMAT_IMPLIED)
     out = outputs.out
     run, seed_threshold = calibrated(cfg)
     settings = output_settings(cfg, () if cfg.refine == "irn" else cfg.IRN_ONLY)
     if seed_threshold is not None:
         settings["calibrated"] = {k: round(getattr(run, k), 6) for k in ("conf_fg", "conf_bg", "threshold")}
-    if cfg.mask_format not in ("palette", "index"):
-        raise ConfigError(f"mask_format must be 'palette' or 'index', got '{cfg.mask_format}'")
-    if cfg.refine == "irn" and cfg.irn_dir is None:
-        from wsss.data.transforms import check_resize_kernel
-
-        check_resize_kernel(cfg.irn.resize)
     outputs.check(settings)
     ds = build_dataset(cfg.data)
     require_background(ds, "make-pseudo")

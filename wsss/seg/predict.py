@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
+from wsss.config import check_choices
 from wsss.engine.outputs import ImageOutputs, output_settings
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
@@ -51,13 +52,13 @@ class PredictConfig:
     seg_dir: str = "runs/seg"
     data: DataConfig = field(default_factory=DataConfig)
     out: str = "runs/pred"
-    mode: str = "whole"
+    mode: Literal["whole", "slide"] = "whole"
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     crop: int = 0
     stride: int = 0
     crf: bool = False
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = False
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("device", "overwrite")
@@ -66,6 +67,7 @@ class PredictConfig:
 
 def predict(cfg: PredictConfig, progress: bool = True) -> Path:
     """Segment every image of ``cfg.data`` and write ``out/<id>.png``; returns ``out``."""
+    check_choices(cfg)
     outputs = ImageOutputs(cfg.out, "predictions", cfg.overwrite)
     out = outputs.out
     device = dist.init_distributed(cfg.device)
