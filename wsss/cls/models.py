@@ -202,20 +202,17 @@ def build_classifier(
 def load_trained_classifier(cls_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the classifier a ``train-cls`` run wrote to ``cls_dir`` and load its
     weights strictly. Returns the model in eval mode and the run's config dict."""
-    from wsss.config import read_yaml
-    from wsss.engine.checkpoint import load_state_strict, load_weights_file
-    from wsss.engine.loop import finished_run_weights
+    from wsss.engine.checkpoint import WEIGHTS_NAME
+    from wsss.engine.loop import load_run
 
-    cls_dir = Path(cls_dir)
-    weights = finished_run_weights(cls_dir, "train-cls")
-    cfg = read_yaml(cls_dir / "config.yaml")
-    state = load_weights_file(weights)
-    head = state.get("net.conv_cls_head.weight", state.get("classifier.weight"))
-    if head is None:
-        raise ValueError(f"{weights} holds neither a Conformer nor a ResNet CAM classifier head")
-    model = build_classifier(
-        cfg["model"], head.shape[0], detach_branches=cfg.get("detach_branches", True),
-        drop_last_block=cfg.get("drop_last_block", True), partial_pool=cfg.get("partial_pool", 0),
-    )
-    load_state_strict(model, state, weights, f"a '{cfg['model']}' classifier")
-    return model.to(device).eval(), cfg
+    def build(cfg: dict, state: dict) -> tuple[nn.Module, str]:
+        head = state.get("net.conv_cls_head.weight", state.get("classifier.weight"))
+        if head is None:
+            raise ValueError(f"{Path(cls_dir) / WEIGHTS_NAME} holds neither a Conformer nor a ResNet CAM classifier head")
+        model = build_classifier(
+            cfg["model"], head.shape[0], detach_branches=cfg.get("detach_branches", True),
+            drop_last_block=cfg.get("drop_last_block", True), partial_pool=cfg.get("partial_pool", 0),
+        )
+        return model, f"a '{cfg['model']}' classifier"
+
+    return load_run(cls_dir, "train-cls", build, device=device)

@@ -242,21 +242,43 @@ def require_finished(folder: Path, stage: str, continue_hint: str) -> None:
         )
 
 
-def finished_run_weights(run_dir: str | Path, stage: str) -> Path:
+def finished_run_weights(run_dir: str | Path, stage: str, weights_name: str = ckpt.WEIGHTS_NAME) -> Path:
     """The weights file of a finished ``stage`` run in ``run_dir`` (``wsss train-cls`` or ``train-seg``):
     refused with the command to run when the folder lacks ``config.yaml`` or the weights, and with
     the command that finishes it when it has no ``done.json`` (:func:`require_finished`)."""
     import shlex
 
     run_dir = Path(run_dir)
-    weights = run_dir / ckpt.WEIGHTS_NAME
+    weights = run_dir / weights_name
     if not (run_dir / "config.yaml").is_file() or not weights.is_file():
         raise FileNotFoundError(
-            f"{run_dir} is not a {stage} output folder (needs config.yaml and {ckpt.WEIGHTS_NAME}); "
+            f"{run_dir} is not a {stage} output folder (needs config.yaml and {weights_name}); "
             f"run 'wsss {stage} --out {run_dir}' first"
         )
     require_finished(run_dir, stage, f"wsss {stage} --config {shlex.quote(str(run_dir / 'config.yaml'))} --resume")
     return weights
+
+
+def load_run(run_dir: str | Path, stage: str, build: Callable[[Any, dict], tuple[nn.Module, str]],
+             config_class: type | None = None, weights_name: str = ckpt.WEIGHTS_NAME,
+             device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
+    """The network a finished ``stage`` run wrote to ``run_dir``, in eval mode on ``device``, and
+    its configuration (a ``config_class`` instance; without one, the ``config.yaml`` dict).
+
+    ``build(cfg, state)`` makes the empty network from the run's configuration and weights (a head's
+    size may come from the weights) and says what it is, for the message; the weights load
+    strictly: keys that do not match are refused, naming the missing and unexpected ones
+    (:func:`~wsss.engine.checkpoint.load_state_strict`). A folder that is not such a run, or one whose
+    training did not finish, is refused with the command to run (:func:`finished_run_weights`)."""
+    from wsss.config import load_config
+
+    run_dir = Path(run_dir)
+    weights = finished_run_weights(run_dir, stage, weights_name)
+    cfg = load_config(config_class, run_dir / "config.yaml") if config_class else read_yaml(run_dir / "config.yaml")
+    state = ckpt.load_weights_file(weights)
+    model, what = build(cfg, state)
+    ckpt.load_state_strict(model, state, weights, what)
+    return model.to(device).eval(), cfg
 
 
 class TensorBoardLog:

@@ -14,9 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import load_config
-from wsss.engine import checkpoint as ckpt
-from wsss.engine.loop import finished_run_weights
+from wsss.engine.loop import load_run
 from wsss.engine.optim import GroupSpec
 from wsss.io import IGNORE_INDEX
 from wsss.seg.config import CLASS_NAMES_FILE, TrainSegConfig
@@ -317,12 +315,11 @@ def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cp
     """The network a ``train-seg`` run wrote to ``seg_dir`` (strict load), in eval
     mode, and its :class:`~wsss.seg.config.TrainSegConfig`."""
     seg_dir = Path(seg_dir)
-    weights = finished_run_weights(seg_dir, "train-seg")
-    cfg = load_config(TrainSegConfig, seg_dir / "config.yaml")
-    names = (seg_dir / CLASS_NAMES_FILE).read_text().split("\n") if (seg_dir / CLASS_NAMES_FILE).is_file() else None
-    if not names:
-        raise FileNotFoundError(f"{seg_dir / CLASS_NAMES_FILE} is missing: the train-seg run did not finish writing")
-    state = ckpt.load_weights_file(weights)
-    model = build_from_config(cfg, len(names))
-    ckpt.load_state_strict(model, state, weights, f"a '{cfg.head}' head on '{cfg.backbone}'")
-    return model.to(device).eval(), cfg
+
+    def build(cfg: TrainSegConfig, state: dict) -> tuple[nn.Module, str]:
+        names = (seg_dir / CLASS_NAMES_FILE).read_text().split("\n") if (seg_dir / CLASS_NAMES_FILE).is_file() else None
+        if not names:
+            raise FileNotFoundError(f"{seg_dir / CLASS_NAMES_FILE} is missing: the train-seg run did not finish writing")
+        return build_from_config(cfg, len(names)), f"a '{cfg.head}' head on '{cfg.backbone}'"
+
+    return load_run(seg_dir, "train-seg", build, TrainSegConfig, device=device)
