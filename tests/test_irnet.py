@@ -384,6 +384,9 @@ def test_train_irn_resume_gives_the_same_weights(toy_root, ir_labels, tmp_path, 
         _train(cfg_b)
     assert not (tmp_path / "b" / "done.json").exists()
     assert torch.load(tmp_path / "b" / "resume.pt", weights_only=True)["step"] == 3
+    # the interrupted run's weights are a mid-training checkpoint: refused, with the command that finishes it
+    with pytest.raises(ConfigError, match=r"unfinished train-irn run \(no done.json\).*--resume"):
+        load_boundary_net(tmp_path / "b")
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)
     _train(cfg_b, resume=True)
 
@@ -392,6 +395,19 @@ def test_train_irn_resume_gives_the_same_weights(toy_root, ir_labels, tmp_path, 
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+    # a weights file whose keys do not match is refused, naming them
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(out_a, tmp_path / "bad")
+    state = dict(wa)
+    state.pop("head.weight")
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "bad" / "boundary.safetensors"))
+    with pytest.raises(ValueError, match=r"missing \['head.weight'\], unexpected \['extra.weight'\]"):
+        load_boundary_net(tmp_path / "bad")
     init = _tiny_net(seed=0).state_dict()
     assert not torch.equal(init["head.weight"], wa["head.weight"])  # training moved the branch
     for k in init:

@@ -25,7 +25,6 @@ workers (IRN ships three 152 x 13,090 float maps per image through its loader).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,12 +35,11 @@ import torch
 import torch.nn as nn
 
 from wsss.data.transforms import check_resize_kernel, normalize, random_crop, resize_to, scaled_size
-from wsss.config import ConfigError, TrainRunConfig, check_choices, load_config
+from wsss.config import ConfigError, TrainRunConfig, check_choices
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.data.base import SegDataset
-from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
-from wsss.engine.loop import GroupSpec, LoopSettings, SeededTrainSet, make_optimizer, resumed_config, train_loop
+from wsss.engine.loop import GroupSpec, LoopSettings, SeededTrainSet, load_run, make_optimizer, resumed_config, train_loop
 from wsss.io import IGNORE_INDEX, WsssDataError, read_image, read_mask
 from wsss.models.resnet import CAM_OS16, build_resnet
 from wsss.pseudo.irnet import BoundaryNet, affinity_labels, boundary_loss, edge_to_affinity, path_index
@@ -227,19 +225,18 @@ def load_boundary_net(irn_dir: str | Path, device: str | torch.device = "cpu") -
     """The trained :class:`BoundaryNet` of a ``train-irn`` folder, in eval mode on ``device``.
 
     Reads ``config.yaml`` (backbone name) and ``boundary.safetensors`` (all weights, loaded
-    strictly). Warns when the folder has no ``done.json`` (training did not finish).
+    strictly: keys that do not match are refused by name), as the classifier and segmenter loaders
+    do (:func:`~wsss.engine.loop.load_run`). A folder whose training did not finish (no
+    ``done.json``) is refused with the command that finishes it: its weights are a mid-training
+    checkpoint, and pseudo masks made from them would pass for finished ones.
     """
-    irn_dir = Path(irn_dir)
-    weights = irn_dir / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: train the boundary net first (wsss train-irn --out {irn_dir})")
-    if not (irn_dir / "done.json").is_file():
-        warnings.warn(f"{irn_dir} has no done.json: its boundary net is from an unfinished training run", stacklevel=2)
-    cfg = load_config(TrainIrnConfig, irn_dir / "config.yaml")
-    backbone = build_resnet(cfg.backbone, **CAM_OS16, frozen_bn=True, frozen_stages=4)
-    net = BoundaryNet(backbone)
-    net.load_state_dict(ckpt.load_weights_file(weights))
-    return net.to(device).eval()
+
+    def build(cfg: TrainIrnConfig, state: dict) -> tuple[nn.Module, str]:
+        backbone = build_resnet(cfg.backbone, **CAM_OS16, frozen_bn=True, frozen_stages=4)
+        return BoundaryNet(backbone), f"a boundary net on '{cfg.backbone}'"
+
+    net, _ = load_run(irn_dir, "train-irn", build, TrainIrnConfig, WEIGHTS_NAME, device)
+    return net
 
 
 __all__ = ["CONFIG_IMPLIED", "TrainIrnConfig", "IrnTrainSet", "WEIGHTS_NAME", "irn_train_transform", "load_boundary_net",
