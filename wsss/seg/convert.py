@@ -38,17 +38,14 @@ _BLOCKS = {"resnet50_v1c": 6, "resnet101_v1c": 23}  # layer3 depth tells the two
 
 
 def read_pcaa_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a PCAA ``.pth`` (plain, or under ``state_dict`` / ``model``), ``module.`` removed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"PCAA checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(f"{path} does not hold a state dict of tensors (is it a PCAA checkpoint?)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    """The state dict of a PCAA ``.pth`` (plain, or under ``state_dict`` / ``model``), the ``module.``
+    prefix of its DDP wrapper removed: read as every weights file is (:func:`wsss.models.weights.read_state_dict`)."""
+    from wsss.models.weights import read_state_dict
+
+    try:
+        return read_state_dict(Path(path))
+    except ValueError as e:
+        raise ConfigError(f"{e} (is it a PCAA checkpoint?)") from e
 
 
 def _last_conv_index(state: dict, prefix: str) -> str:
