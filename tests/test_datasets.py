@@ -130,3 +130,44 @@ def test_build_dataset_factory(tmp_path):
         build_dataset(DataConfig(kind="vco", root=str(voc)))
     with pytest.raises(WsssDataError, match="no dataset root"):
         build_dataset(DataConfig())
+
+
+def test_one_class_names_reader_for_every_class_names_file(tmp_path):
+    """VOC's class_names.txt, the folder layout's classes.txt, eval --classes, a train-seg run's
+    class_names.txt and convert-weights --classes all read through read_class_names."""
+    from wsss.data.base import read_class_names
+    from wsss.eval.masks import resolve_class_names
+
+    f = tmp_path / "names.txt"
+    f.write_text("  cat \n\ndog\nbackground\n\n")
+    assert read_class_names(f) == ["cat", "dog", "background"]
+    # background first, listed once: added when missing, moved when elsewhere
+    assert read_class_names(f, background_first=True) == ["background", "cat", "dog"]
+    assert resolve_class_names(str(f), tmp_path) == ["background", "cat", "dog"]
+    (tmp_path / "plain.txt").write_text("cat\ndog\n")
+    assert read_class_names(tmp_path / "plain.txt", background_first=True) == ["background", "cat", "dog"]
+
+
+def test_a_reader_gets_its_labels_and_mask_fallback_from_the_base_class(tmp_path):
+    """SegDataset.label: the labels table first, then the mask's classes, else the reader's own message."""
+    from wsss.data.base import SegDataset
+    from wsss.io import WsssDataError, write_mask
+
+    write_mask(tmp_path / "b.png", np.array([[0, 2], [2, 255]], np.uint8))
+
+    class Tiny(SegDataset):
+        name = "tiny"
+
+        def mask_path(self, image_id):
+            p = tmp_path / f"{image_id}.png"
+            return p if p.is_file() else None
+
+        def missing_label(self, image_id):
+            return f"tiny has nothing for {image_id}"
+
+    ds = Tiny(tmp_path, "train", ["a", "b", "c"], ["background", "x", "y"])
+    ds.labels = {"a": np.array([1, 0], np.float32)}
+    np.testing.assert_array_equal(ds.label("a"), [1, 0])  # from the table
+    np.testing.assert_array_equal(ds.label("b"), [0, 1])  # from the mask: class 2 = y
+    with pytest.raises(WsssDataError, match="^tiny has nothing for c$"):
+        ds.label("c")

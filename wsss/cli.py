@@ -592,9 +592,9 @@ def convert_weights_cmd(source, checkpoint, out, data_kind, classes_file, multi_
     """Turn an official checkpoint into a wsss run that wsss predict loads."""
     from wsss.seg.convert import convert_pcaa
 
-    names = None
-    if classes_file is not None:
-        names = [n for n in classes_file.read_text().splitlines() if n.strip()]
+    from wsss.data.base import read_class_names
+
+    names = read_class_names(classes_file) if classes_file is not None else None
     result = convert_pcaa(
         checkpoint, out, class_names=names, data_kind=data_kind, multi_grid=multi_grid,
         crop=crop, base_size=base_size, strict=strict,

@@ -43,6 +43,11 @@ class SegDataset:
     # (256,) uint8 table from the values the masks store to class indices (COCO category ids,
     # Cityscapes label ids, ADE20K's reduce_zero_label), or None: masks hold class indices
     mask_lut: np.ndarray | None = None
+    # image-level labels read from a labels file (anything with .get(id) -> vector or None), looked
+    # up before the mask; None: the classes in each image's mask
+    labels = None
+    # the labels files a reader looks for in its root when none is given, first found wins
+    label_files: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path, split: str, ids: Sequence[str], class_names: Sequence[str]):
         self.root = Path(root)
@@ -67,11 +72,29 @@ class SegDataset:
         """Path of the ground-truth mask, or None when this dataset has none for the id."""
         raise NotImplementedError
 
-    def label(self, image_id: str) -> np.ndarray:
-        """Image-level multi-hot label, ``(num_fg,)`` float32."""
-        raise NotImplementedError
+    def missing_label(self, image_id: str) -> str:
+        """The message for an image with neither a labels-file entry nor a mask: where to add one."""
+        return f"no image-level label for '{image_id}': no labels file entry and no mask"
 
     # -- shared behaviour ------------------------------------------------------------
+    def label(self, image_id: str) -> np.ndarray:
+        """Image-level multi-hot label, ``(num_fg,)`` float32: the labels file's entry
+        (:attr:`labels`), else the classes in the image's mask; neither is an error saying where to
+        add one (:meth:`missing_label`)."""
+        vec = self.labels.get(image_id) if self.labels is not None else None
+        if vec is not None:
+            return vec
+        mp = self.mask_path(image_id)
+        if mp is None:
+            raise WsssDataError(self.missing_label(image_id))
+        return self.label_from_mask(self.read_checked_mask(mp))
+
+    def find_labels_file(self, root: Path, given: str | Path | None) -> Path | None:
+        """The labels file to read: ``given``, else the first of :attr:`label_files` in ``root``."""
+        if given is not None:
+            return Path(given)
+        return next((root / name for name in self.label_files if (root / name).is_file()), None)
+
     @property
     def num_classes(self) -> int:
         """Classes in a mask, background included."""
@@ -152,6 +175,16 @@ def find_dir(root: Path, rel: str, what: str) -> Path:
     if not path.is_dir():
         raise WsssDataError(f"{what}: {path} not found (expected ROOT/{rel}/)")
     return path
+
+
+def read_class_names(path: Path, background_first: bool = False) -> list[str]:
+    """The class names of a class-names file, one per line (surrounding spaces and blank lines
+    dropped). ``background_first``: make ``background`` the first class, adding it when the file
+    does not list it (the folder layout's ``classes.txt``, ``wsss eval --classes``)."""
+    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if background_first and (not names or names[0] != "background"):
+        names = ["background"] + [n for n in names if n != "background"]
+    return names
 
 
 def read_id_list(path: Path) -> list[str]:

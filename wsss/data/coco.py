@@ -54,6 +54,7 @@ def _category_lut() -> np.ndarray:
 
 class COCODataset(SegDataset):
     name = "coco"
+    label_files = ("cls_labels.npy", "cls_labels_coco.npy")
 
     def __init__(
         self,
@@ -88,11 +89,7 @@ class COCODataset(SegDataset):
         if masks is not None and not self.mask_dir.is_dir():
             raise WsssDataError(f"mask folder not found: {masks}")
         self.mask_lut = _category_lut() if category_ids else None
-        if labels is None:
-            for cand in ("cls_labels.npy", "cls_labels_coco.npy"):
-                if (root / cand).is_file():
-                    labels = root / cand
-                    break
+        labels = self.find_labels_file(root, labels)
         self.labels = LabelTable.from_npy(labels, self.num_fg) if labels is not None else None
 
     def image_path(self, image_id: str) -> Path:
@@ -102,14 +99,5 @@ class COCODataset(SegDataset):
         p = self.mask_dir / f"{image_id}.png"
         return p if p.is_file() else None
 
-    def label(self, image_id: str) -> np.ndarray:
-        if self.labels is not None:
-            vec = self.labels.get(image_id)
-            if vec is not None:
-                return vec
-        mp = self.mask_path(image_id)
-        if mp is None:
-            raise WsssDataError(
-                f"no image-level label for '{image_id}': no labels file entry and no mask at {self.mask_dir}"
-            )
-        return self.label_from_mask(self.read_checked_mask(mp))
+    def missing_label(self, image_id: str) -> str:
+        return f"no image-level label for '{image_id}': no labels file entry and no mask at {self.mask_dir}"

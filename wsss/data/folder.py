@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.data.base import SegDataset, read_id_list
+from wsss.data.base import SegDataset, read_class_names, read_id_list
 from wsss.data.labels import read_named_labels
 from wsss.io import WsssDataError, write_text
 
@@ -31,6 +31,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 class FolderDataset(SegDataset):
     name = "folder"
+    label_files = ("labels.csv", "labels.json")
 
     def __init__(
         self,
@@ -54,8 +55,8 @@ class FolderDataset(SegDataset):
             names_file = root / "classes.txt"
             if not names_file.is_file():
                 raise WsssDataError(f"folder dataset: {names_file} not found; list the class names there, one per line")
-            class_names = [l.strip() for l in names_file.read_text(encoding="utf-8").splitlines() if l.strip()]
-        if not class_names or class_names[0] != "background":
+            class_names = read_class_names(names_file, background_first=True)
+        elif not class_names or class_names[0] != "background":
             class_names = ["background"] + [c for c in class_names if c != "background"]
         if list_file is None and split != "all":
             list_file = self._split_file(root, split, val_fraction)
@@ -67,11 +68,7 @@ class FolderDataset(SegDataset):
         self.mask_dir = Path(masks) if masks is not None else root / "masks"
         if masks is not None and not self.mask_dir.is_dir():
             raise WsssDataError(f"mask folder not found: {masks}")
-        if labels is None:
-            for cand in ("labels.csv", "labels.json"):
-                if (root / cand).is_file():
-                    labels = root / cand
-                    break
+        labels = self.find_labels_file(root, labels)
         self.labels = read_named_labels(labels, self.class_names) if labels is not None else None
         self.labels_source = str(labels) if labels is not None else None
 
@@ -100,17 +97,14 @@ class FolderDataset(SegDataset):
         p = self.mask_dir / f"{image_id}.png"
         return p if p.is_file() else None
 
+    def missing_label(self, image_id: str) -> str:
+        return (f"image '{image_id}' has no label: add it to {self.labels_source or 'ROOT/labels.csv'} "
+                f"or give it a mask in {self.mask_dir}")
+
     def label(self, image_id: str) -> np.ndarray:
-        if self.labels is not None and image_id in self.labels:
-            vec = self.labels[image_id].copy()
-        else:
-            mp = self.mask_path(image_id)
-            if mp is None:
-                raise WsssDataError(
-                    f"image '{image_id}' has no label: add it to {self.labels_source or 'ROOT/labels.csv'} "
-                    f"or give it a mask in {self.mask_dir}"
-                )
-            vec = self.label_from_mask(self.read_checked_mask(mp))
+        """The labels file's entry or the mask's classes (:meth:`SegDataset.label`); an image
+        with no foreground class is refused."""
+        vec = super().label(image_id).copy()
         if not vec.any():
             raise WsssDataError(
                 f"image '{image_id}' has no foreground class; weak supervision needs at least one label per image "

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from wsss.data.base import SegDataset, read_id_list
+from wsss.data.base import SegDataset, read_class_names, read_id_list
 from wsss.data.labels import LabelTable
 from wsss.io import WsssDataError
 
@@ -46,6 +45,7 @@ def find_voc_root(root: str | Path) -> Path:
 
 class VOCDataset(SegDataset):
     name = "voc"
+    label_files = ("cls_labels.npy",)
 
     def __init__(
         self,
@@ -60,11 +60,7 @@ class VOCDataset(SegDataset):
         root = find_voc_root(root)
         if class_names is None:
             names_file = root / "class_names.txt"
-            class_names = (
-                [l.strip() for l in names_file.read_text(encoding="utf-8").splitlines() if l.strip()]
-                if names_file.is_file()
-                else VOC_CLASSES
-            )
+            class_names = read_class_names(names_file) if names_file.is_file() else VOC_CLASSES
         if list_file is None:
             list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
             if not Path(list_file).is_file():
@@ -77,8 +73,7 @@ class VOCDataset(SegDataset):
         self.mask_dirs = [d for d in self.mask_dirs if d.is_dir()]
         if masks is not None and not self.mask_dirs:
             raise WsssDataError(f"mask folder not found: {masks}")
-        if labels is None and (root / "cls_labels.npy").is_file():
-            labels = root / "cls_labels.npy"
+        labels = self.find_labels_file(root, labels)
         self.labels = LabelTable.from_npy(labels, self.num_fg) if labels is not None else None
 
     def image_path(self, image_id: str) -> Path:
@@ -91,16 +86,7 @@ class VOCDataset(SegDataset):
                 return p
         return None
 
-    def label(self, image_id: str) -> np.ndarray:
-        if self.labels is not None:
-            vec = self.labels.get(image_id)
-            if vec is not None:
-                return vec
-        mp = self.mask_path(image_id)
-        if mp is None:
-            where = f"{self.labels.source} or " if self.labels is not None else ""
-            raise WsssDataError(
-                f"no image-level label for '{image_id}': it is not in {where}any mask folder "
-                f"({', '.join(str(d) for d in self.mask_dirs) or 'none found'})"
-            )
-        return self.label_from_mask(self.read_checked_mask(mp))
+    def missing_label(self, image_id: str) -> str:
+        where = f"{self.labels.source} or " if self.labels is not None else ""
+        return (f"no image-level label for '{image_id}': it is not in {where}any mask folder "
+                f"({', '.join(str(d) for d in self.mask_dirs) or 'none found'})")

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.data import DataConfig, build_dataset
-from wsss.data.base import read_id_list
+from wsss.data.base import read_class_names, read_id_list
 from wsss.data.coco import COCO_CLASSES
 from wsss.data.voc import VOC_CLASSES
 from wsss.io import IGNORE_INDEX, WsssDataError, read_mask, write_json
@@ -53,9 +53,9 @@ def resolve_class_names(spec: str | None, gt_dir: Path) -> list[str]:
         path = Path(spec)
         if not path.is_file():
             raise WsssDataError(f"class-names file not found: {path} (or pass --classes voc / coco)")
-        return _read_names(path)
+        return read_class_names(path, background_first=True)
     found = _names_file(gt_dir)
-    return _read_names(found) if found is not None else list(VOC_CLASSES)
+    return read_class_names(found, background_first=True) if found is not None else list(VOC_CLASSES)
 
 
 def _names_file(gt_dir: Path) -> Path | None:
@@ -63,13 +63,6 @@ def _names_file(gt_dir: Path) -> Path | None:
         if cand.is_file():
             return cand
     return None
-
-
-def _read_names(path: Path) -> list[str]:
-    names = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-    if names and names[0] != "background":
-        names = ["background"] + names
-    return names
 
 
 def evaluate_folders(cfg: EvalConfig, progress: bool = True) -> SegMetrics:

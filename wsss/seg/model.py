@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.data.base import read_class_names
 from wsss.engine.loop import load_run
 from wsss.engine.optim import GroupSpec
 from wsss.io import IGNORE_INDEX
@@ -317,7 +318,7 @@ def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cp
     seg_dir = Path(seg_dir)
 
     def build(cfg: TrainSegConfig, state: dict) -> tuple[nn.Module, str]:
-        names = (seg_dir / CLASS_NAMES_FILE).read_text().split("\n") if (seg_dir / CLASS_NAMES_FILE).is_file() else None
+        names = read_class_names(seg_dir / CLASS_NAMES_FILE) if (seg_dir / CLASS_NAMES_FILE).is_file() else None
         if not names:
             raise FileNotFoundError(f"{seg_dir / CLASS_NAMES_FILE} is missing: the train-seg run did not finish writing")
         return build_from_config(cfg, len(names)), f"a '{cfg.head}' head on '{cfg.backbone}'"
