@@ -188,9 +188,21 @@ def _training_run(prefix: str = "") -> dict[str, Opt]:
     }
 
 
-RESUME = click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-OVERWRITE_RUN = click.option("--overwrite", is_flag=True,
+MAX_STEPS = Opt("Stop after this many optimiser steps.", min=1, note="all epochs")
+
+
+def _poly_sgd(momentum: str = "SGD momentum.") -> dict[str, Opt]:
+    """The optimiser settings train-cls, train-irn and train-seg share."""
+    return {"weight_decay": Opt("Weight decay.", min=0), "momentum": Opt(momentum, min=0),
+            "poly_power": Opt("Power of the poly learning-rate decay.", min=0)}
+
+
+def training_command(cls: type, section: str, options: dict[str, Opt]):
+    """``config_options`` for a training stage, with ``--resume`` and ``--overwrite``."""
+    resume = click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+    overwrite = click.option("--overwrite", is_flag=True,
                              help="Train again from scratch in an --out that holds a run (refused without it).")
+    return lambda f: config_options(cls, section, options)(resume(overwrite(f)))
 
 def _eval_split_default(overrides: dict) -> None:
     if overrides.get("data.root") and overrides.get("data.split") is None:
@@ -244,15 +256,13 @@ PRETRAIN_OPTIONS = {
     "label_smoothing": Opt("Label smoothing of the cross entropy.", min=0, max=1, max_open=True),
     "render_workers": Opt("Processes rendering the corpus.", min=1),
     "cache": Opt("Folder for the rendered corpus, reused by later runs.", note="OUT/corpus"),
-    "max_steps": Opt("Stop after this many optimiser steps.", min=1, note="all epochs"),
+    "max_steps": MAX_STEPS,
     **_training_run(),
 }
 
 
 @main.command("pretrain")
-@config_options(PretrainConfig, "pretrain", PRETRAIN_OPTIONS)
-@RESUME
-@OVERWRITE_RUN
+@training_command(PretrainConfig, "pretrain", PRETRAIN_OPTIONS)
 @click.option("--export-builtin", "export_name", default=None, help="When done, ship the backbone inside the package as builtin:NAME (writes wsss/pretrained/).")
 @click.option("--list", "list_only", is_flag=True, help="List the built-in weights and how each was made, then exit.")
 def pretrain_cmd(cfg, resume, overwrite, export_name, list_only) -> None:
@@ -313,18 +323,14 @@ TRAIN_CLS_OPTIONS = {
     "partial_pool": Opt("Partial pooling S (PCAA Eq. 3), 0 = off.", min=0),
     "region_masks": Opt("Partial pooling's region labels: a pseudo-mask folder, or gt for the ground truth "
                         "(pixel supervision); required with --partial-pool."),
-    "weight_decay": Opt("Weight decay.", min=0),
-    "momentum": Opt("SGD momentum.", min=0),
-    "poly_power": Opt("Power of the poly learning-rate decay.", min=0),
-    "max_steps": Opt("Stop after this many optimiser steps.", min=1, note="all epochs"),
+    **_poly_sgd(),
+    "max_steps": MAX_STEPS,
     **_training_run(),
 }
 
 
 @main.command("train-cls")
-@config_options(TrainClsConfig, "train_cls", TRAIN_CLS_OPTIONS)
-@RESUME
-@OVERWRITE_RUN
+@training_command(TrainClsConfig, "train_cls", TRAIN_CLS_OPTIONS)
 def train_cls_cmd(cfg, resume, overwrite) -> None:
     """Train the multi-label classifier (Conformer or ResNet) on image-level labels.
 
@@ -501,18 +507,14 @@ TRAIN_IRN_OPTIONS = {
     "lr": Opt("Learning rate, poly decay."),
     "backbone_lr": Opt("Also train the backbone's convolutions at this learning rate (not IRN: for backbones whose "
                        "features do not tell object edges from texture edges); 0 = frozen, IRN's.", min=0),
-    "weight_decay": Opt("Weight decay.", min=0),
-    "momentum": Opt("SGD momentum (IRN's optimiser puts its weight decay there: 1e-4, in effect none).", min=0),
-    "poly_power": Opt("Power of the poly decay.", min=0),
-    "max_steps": Opt("Stop after this many optimiser steps.", min=1, note="all epochs"),
+    **_poly_sgd("SGD momentum (IRN's optimiser puts its weight decay there: 1e-4, in effect none)."),
+    "max_steps": MAX_STEPS,
     **_training_run(),
 }
 
 
 @main.command("train-irn")
-@config_options(TrainIrnConfig, "train_irn", TRAIN_IRN_OPTIONS)
-@RESUME
-@OVERWRITE_RUN
+@training_command(TrainIrnConfig, "train_irn", TRAIN_IRN_OPTIONS)
 def train_irn_cmd(cfg, resume, overwrite) -> None:
     """Train IRNet's class-boundary branch on IR labels (input of make-pseudo --refine irn)."""
     from wsss.pseudo.train_irn import train_irn
@@ -553,9 +555,7 @@ TRAIN_SEG_OPTIONS = {
     "photometric": Opt("Random photometric distortion (brightness, contrast, saturation, hue)."),
     "lr": Opt("Learning rate, poly decay per iteration."),
     "head_lr_mult": Opt("Heads' learning rate as a multiple of --lr (semseg's PSANet: 10).", min=0, min_open=True),
-    "momentum": Opt("SGD momentum.", min=0),
-    "weight_decay": Opt("Weight decay.", min=0),
-    "poly_power": Opt("Power of the poly decay.", min=0),
+    **_poly_sgd(),
     "sync_bn": Opt("SyncBatchNorm under torchrun (statistics over the global batch)."),
     "val_every": Opt("Score the val split every this many epochs (and at the end).", min=1),
     "keep_best": Opt("Keep the weights of the best val mIoU among the evaluations in the last this many iterations "
@@ -565,9 +565,7 @@ TRAIN_SEG_OPTIONS = {
 
 
 @main.command("train-seg")
-@config_options(TrainSegConfig, "train_seg", TRAIN_SEG_OPTIONS)
-@RESUME
-@OVERWRITE_RUN
+@training_command(TrainSegConfig, "train_seg", TRAIN_SEG_OPTIONS)
 def train_seg_cmd(cfg, resume, overwrite) -> None:
     """Train a segmentation network (PCAA, ACFNet, PSANet, FCN, DeepLab v2) on pseudo masks.
 
