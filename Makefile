@@ -27,9 +27,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Everything but the multi-process tests (about a third of the suite's time); CI runs `make test`.
+# Everything but the multi-process and the slow tests (marked dist / slow); CI runs `make test`.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not dist"
+	$(BIN)/python -m pytest -q -m "not dist and not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -92,12 +92,14 @@ def test_walk_length_sweep(toy_root, tmp_path, capsys):
     assert "| seed | - | 0.25 |" in out and "| 10 | 1 | 0.25 |" in out
 
 
+@pytest.mark.slow
 def test_irn_on_blurred_seeds(toy_root, tmp_path, capsys):
     out = run_script("irn_on_blurred_seeds.py", "--data-root", toy_root, "--crop", 80, "--epochs", 1,
                      "--oracle", 0.9, "--out", tmp_path / "blur", capsys=capsys)
     assert "mIoU" in out and "48 images too small for pairs of radius 10" in out
 
 
+@pytest.mark.slow
 def test_seed_table(toy_root, tmp_path, capsys):
     from wsss.cls.train import TrainClsConfig, train_cls
     from wsss.data import DataConfig

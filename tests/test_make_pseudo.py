@@ -88,6 +88,7 @@ def test_make_pseudo_modes_and_resume(toy_root, tmp_path, refine):
         make_pseudo(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_refine_irn_trains_the_boundary_net_and_walks(toy_root, tmp_path):
     import torch
 

@@ -208,6 +208,7 @@ def test_pool_workers_die_with_a_parent_killed_by_sigkill(tmp_path):
     assert not any(alive(p) for p in workers)
 
 
+@pytest.mark.slow
 def test_an_interrupted_stage_says_what_it_kept_and_the_command_that_continues(toy_root, tmp_path, monkeypatch):
     import shlex
 

@@ -151,6 +151,7 @@ def test_each_builtin_loads_strictly_wherever_a_weights_file_does(name):
 _FINE_TUNE = {"resnet_tiny": dict(head_lr_mult=1.0, weight_decay=1e-4), "conformer_tiny": dict(lr_transformer=1e-3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(_FINE_TUNE))
 def test_fine_tuning_from_the_builtin_learns_more_than_from_scratch(model, toy_root, tmp_path):
     """Same few steps, same data and seed: the classifier started from builtin:MODEL fits the toy
