@@ -732,7 +732,7 @@ def run_cmd(recipe: Path, out, variables, only) -> None:
 @main.command("demo")
 @click.option("--out", default="runs/demo", help="Run directory.")
 def demo_cmd(out: str) -> None:
-    """The whole pipeline on the built-in synthetic dataset, on CPU (12-21 minutes on 2 cores, as measured):
+    """The whole pipeline on the built-in synthetic dataset, on CPU (about 6 minutes on 2 cores, as measured):
     toy data, Conformer CAM and AD-CAM seeds, IRN pseudo masks, PCAA and FCN, tables and a figure."""
     from importlib.resources import files
 
