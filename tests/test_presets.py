@@ -8,6 +8,7 @@ import pytest
 from wsss.config import load_config, read_yaml
 from wsss.data.scenes import ADE20K_CLASSES, CITYSCAPES_CLASSES, PASCAL_CONTEXT59_CLASSES
 from wsss.evaluate import EvalConfig
+from wsss.seg.heads import ASPP
 from wsss.seg.predict import PredictConfig
 from wsss.seg.train import TrainSegConfig, build_from_config
 
@@ -62,15 +63,19 @@ def test_presets_choose_their_papers_reference_behaviour():
         c = cfg(name)
         assert (c.psa_outside, c.head_lr_mult, c.contract_dilation) == ("zero", 10.0, False)
     acf = cfg("cityscapes_acfnet_r101")
-    assert (acf.acf_center_channels, acf.channels, acf.weight_decay) == (512, 512, 5e-4)
+    assert (acf.acf_center_channels, acf.channels, acf.weight_decay, acf.acf_base) == (512, 512, 5e-4, "conv")
+    aspp = cfg("cityscapes_acfnet_r101_aspp")  # Tab. 2's ASPP base with online bootstrapping
+    assert (aspp.acf_base, aspp.ohem_thresh, aspp.ohem_min_kept, aspp.acf_center_channels) == ("aspp", 0.7, 100000, 512)
     dl = cfg("voc_deeplabv2_r101")
     assert (dl.head, dl.aux_weight, dl.backbone) == ("deeplabv2", 0.0, "resnet101")
 
 
-@pytest.mark.parametrize("name", ["cityscapes_acfnet_r101", "voc_deeplabv2_r101", "ade20k_psanet_r101"])
+@pytest.mark.parametrize("name", ["cityscapes_acfnet_r101", "cityscapes_acfnet_r101_aspp", "voc_deeplabv2_r101",
+                                  "ade20k_psanet_r101"])
 def test_preset_networks_build(name):
     cfg = load_config(TrainSegConfig, CONFIGS / f"{name}.yaml", section="train_seg")
     model = build_from_config(cfg, NUM_CLASSES[cfg.data.kind])  # no weights file here: random init
     assert (model.aux_head is None) == (cfg.aux_weight == 0)
     if cfg.head == "acf":
         assert model.head.acf.reduce[0].out_channels == 512
+        assert isinstance(model.head.reduce, ASPP) == (cfg.acf_base == "aspp")

@@ -223,3 +223,41 @@ def test_an_interrupted_keep_best_install_finishes_on_resume(toy_root, tmp_path)
     assert (out / "done.json").is_file()
     again, last_again = load_file(str(out / "model.safetensors")), load_file(str(out / "last.safetensors"))
     assert all(torch.equal(again[k], installed[k]) and torch.equal(last_again[k], last[k]) for k in again)
+
+
+def test_acfnet_aspp_equals_its_branches_written_out():
+    """ACFNet's ASPP base (Sec. 4.1): 1x1 and 3x3 at dilations 12 / 24 / 36, concatenated, fused by a 1x1
+    block; against convolutions, batch norms and ReLUs written out with the module's own weights."""
+    import torch.nn.functional as F
+
+    from wsss.seg.heads import ASPP
+
+    torch.manual_seed(0)
+    aspp = ASPP(6, 4).eval()
+    for m in aspp.modules():  # non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 6, 40, 37)
+
+    def block(seq, inp, dilation, padding):
+        conv, bn = seq[0], seq[1]
+        y = F.conv2d(inp, conv.weight, None, padding=padding, dilation=dilation)
+        y = (y - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+        return torch.relu(y * bn.weight[:, None, None] + bn.bias[:, None, None])
+
+    parts = [block(aspp.branches[0], x, 1, 0)] + [block(b, x, d, d) for b, d in zip(aspp.branches[1:], (12, 24, 36))]
+    expected = block(aspp.project, torch.cat(parts, 1), 1, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(aspp(x), expected, rtol=1e-5, atol=1e-6)
+    assert [b[0].dilation for b in aspp.branches] == [(1, 1), (12, 12), (24, 24), (36, 36)]
+
+
+def test_acf_base_aspp_replaces_only_the_base_feature_map():
+    plain = build_from_config(TrainSegConfig(head="acf", backbone="resnet_tiny", channels=16), K)
+    aspp = build_from_config(TrainSegConfig(head="acf", backbone="resnet_tiny", channels=16, acf_base="aspp"), K)
+    p, a = set(plain.state_dict()), set(aspp.state_dict())
+    assert {k for k in p ^ a if not k.startswith("head.reduce.")} == set()
+    assert any(k.startswith("head.reduce.branches.3.") for k in a)
+    out = aspp(torch.randn(1, 3, 32, 32))
+    assert out["out"].shape == (1, K, 32, 32) and out["coarse"].shape == (1, K, 32, 32)

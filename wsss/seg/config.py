@@ -9,6 +9,10 @@ from wsss.data import DataConfig
 
 CLASS_NAMES_FILE = "class_names.txt"
 
+CONFIG_IMPLIED = {"acf_base": "conv"}
+"""What a train-seg run recorded before a setting existed was trained with, so it resumes
+(:func:`~wsss.engine.loop.resumed_config`): ACFNet's plain base network."""
+
 
 @dataclass
 class TrainSegConfig(TrainRunConfig):
@@ -49,6 +53,9 @@ class TrainSegConfig(TrainRunConfig):
     psa_outside: Literal["excluded", "zero"] = "excluded"
     # ACFNet's class-centre width C' (none: channels // 2; the paper's Cityscapes preset: 512)
     acf_center_channels: int | None = None
+    # ACFNet's base network: "conv", the plain dilated ResNet (its Tab. 1), or "aspp", ResNet + ASPP
+    # (Tab. 2 and its Cityscapes test-set row)
+    acf_base: Literal["conv", "aspp"] = "conv"
     # weight of the auxiliary FCN head's loss on layer3 (0.4 in PCAA, ACFNet, PSANet); 0 builds no
     # auxiliary head (the DeepLab v2 of AD-CAM and IRN)
     aux_weight: float = 0.4

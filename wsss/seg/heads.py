@@ -284,17 +284,41 @@ def class_centers(features: torch.Tensor, probs: torch.Tensor, eps: float = 1e-6
     return (probs @ features.transpose(1, 2)) / (probs.sum(dim=2, keepdim=True) + eps)
 
 
+class ASPP(nn.Module):
+    """ACFNet's ASPP (Sec. 4.1, "Baseline Network with ASPP"): four parallel branches on the
+    backbone's map, a 1x1 conv block and three 3x3 conv blocks at dilations 12, 24 and 36 (DeepLab
+    v3's rates at output stride 8), each to ``channels`` (ACFNet: 512, where DeepLab v3 has 256),
+    concatenated and fused back to ``channels`` by a 1x1 conv block, as DeepLab v3 projects its
+    concatenation (ACFNet keeps the original design but for the width). Without DeepLab v3's
+    image-pooling branch: the paper lists the four branches only."""
+
+    def __init__(self, in_channels: int, channels: int, dilations: tuple[int, ...] = (12, 24, 36)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(in_channels, channels, 1)] + [conv_bn_relu(in_channels, channels, 3, d) for d in dilations]
+        )
+        self.project = conv_bn_relu(len(self.branches) * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C_in, h, w) -> (B, channels, h, w)."""
+        return self.project(torch.cat([b(x) for b in self.branches], dim=1))
+
+
+ACF_BASES = ("conv", "aspp")
+
+
 @register_head("acf")
 class ACFHead(_Head):
-    """ACFNet head (Sec. 3.2) on the plain dilated ResNet base network (Sec. 4.1):
-    3x3 conv to ``channels`` (512, Sec. 4.1) = the base feature map, coarse
-    classifier, ACF module, concat with the base features, 1x1 conv block and the
-    fine classifier. Loss weights coarse 0.6, fine 0.7 (Sec. 4.2; aux 0.4 is the
-    segmenter's).
+    """ACFNet head (Sec. 3.2) on its base network: ``base="conv"`` (the plain dilated ResNet,
+    Sec. 4.1, Tab. 1) takes a 3x3 conv to ``channels`` (512) as the base feature map;
+    ``base="aspp"`` (ResNet + ASPP, Sec. 4.1 / 4.4, Tab. 2 and the test-set row) takes
+    :class:`ASPP`'s output instead. Then the coarse classifier, the ACF module, concat with the
+    base features, 1x1 conv block and the fine classifier. Loss weights coarse 0.6, fine 0.7
+    (Sec. 4.2; aux 0.4 is the segmenter's).
 
     ``center_channels``: C', the width of the class centres (Eq. 1's channel reduction); default
     ``channels // 2``. Sec. 4.1 sets the module's input and output to 512 and leaves C' open;
-    the Cityscapes preset uses 512 (``configs/cityscapes_acf_r101.yaml``)."""
+    the Cityscapes presets use 512 (``configs/cityscapes_acfnet_r101*.yaml``)."""
 
     dense_outputs = ("coarse",)
     loss_weights = {"seg": 0.7, "coarse": 0.6}
@@ -306,10 +330,13 @@ class ACFHead(_Head):
         num_classes: int,
         channels: int = 512,
         center_channels: int | None = None,
+        base: str = "conv",
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.reduce = conv_bn_relu(in_channels, channels, 3)
+        if base not in ACF_BASES:
+            raise ValueError(f"base must be 'conv' or 'aspp', got {base!r}")
+        self.reduce = conv_bn_relu(in_channels, channels, 3) if base == "conv" else ASPP(in_channels, channels)
         self.coarse = classifier(channels, num_classes, dropout)
         self.acf = ClassAttention(channels, center_channels or channels // 2)
         self.fuse = conv_bn_relu(2 * channels, channels, 1)

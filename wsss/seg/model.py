@@ -298,7 +298,7 @@ def head_kwargs(cfg: TrainSegConfig) -> dict:
     if cfg.head == "psa":
         return {"channels": cfg.channels, "mask_size": cfg.psa_mask_size, "outside": cfg.psa_outside}
     if cfg.head == "acf":
-        return {"channels": cfg.channels, "center_channels": cfg.acf_center_channels}
+        return {"channels": cfg.channels, "center_channels": cfg.acf_center_channels, "base": cfg.acf_base}
     if cfg.head == "fcn":
         return {"channels": cfg.channels}
     return {}

@@ -41,7 +41,7 @@ from wsss.engine.syncbn import convert_sync_batchnorm
 from wsss.engine.loop import LoopSettings, SeededTrainSet, check_fresh_output, make_optimizer, train_loop
 from wsss.io import WsssDataError, read_image, write_json, write_text
 from wsss.eval.metrics import collapse_warning
-from wsss.seg.config import CLASS_NAMES_FILE, TrainSegConfig
+from wsss.seg.config import CLASS_NAMES_FILE, CONFIG_IMPLIED, TrainSegConfig
 from wsss.seg.inference import evaluate_segmenter, segment
 from wsss.seg.model import build_from_config, head_kwargs  # noqa: F401  (head_kwargs re-exported: its home was this module)
 from wsss.seg.transforms import seg_train_transform
@@ -201,7 +201,8 @@ def train_seg(cfg: TrainSegConfig, resume: bool = False, progress: bool = True, 
             figures["predictions"] = val_grid(model, val_ds, base_size=cfg.base_size)
         return figures
 
-    settings = LoopSettings.from_config(cfg, f"train-seg {cfg.head}", epochs, max_steps=cfg.iterations)
+    settings = LoopSettings.from_config(cfg, f"train-seg {cfg.head}", epochs, max_steps=cfg.iterations,
+                                        implied=CONFIG_IMPLIED)
     if not resume:
         check_fresh_output(out, "train-seg", overwrite)
         if dist.is_main():
