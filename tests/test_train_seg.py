@@ -300,3 +300,30 @@ def test_ddp_two_processes_match_one(toy_root, tmp_path):
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_run_recorded_before_acf_base_existed_resumes_as_the_plain_base(toy_root, tmp_path):
+    """An interrupted train-seg run whose checkpoint predates ``acf_base`` was trained with the plain
+    base network: a --resume with the default continues it (and records the setting); asking for
+    the ASPP base instead is refused as a changed configuration."""
+    import yaml
+
+    from wsss.engine import checkpoint as ckpt
+
+    out = tmp_path / "old"
+    train_seg(_cfg(toy_root, out, head="acf", iterations=2, save_every=1, val_split=None), progress=False)
+    (out / "done.json").unlink()
+    state = ckpt.load_resume(out / "resume.pt")  # as written before the setting existed
+    del state["config"]["acf_base"]
+    state["step"] = 1
+    ckpt.save_resume(out / "resume.pt", state)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["acf_base"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+    with pytest.raises(ConfigError, match="configuration changed \\(acf_base\\)"):
+        train_seg(_cfg(toy_root, out, head="acf", iterations=2, save_every=1, val_split=None, acf_base="aspp"),
+                  resume=True, progress=False)
+    train_seg(_cfg(toy_root, out, head="acf", iterations=2, save_every=1, val_split=None), resume=True, progress=False)
+    assert json.loads((out / "done.json").read_text())["steps"] == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["acf_base"] == "conv"
