@@ -68,6 +68,7 @@ def test_presets_choose_their_papers_reference_behaviour():
     assert (aspp.acf_base, aspp.ohem_thresh, aspp.ohem_min_kept, aspp.acf_center_channels) == ("aspp", 0.7, 100000, 512)
     dl = cfg("voc_deeplabv2_r101")
     assert (dl.head, dl.aux_weight, dl.backbone) == ("deeplabv2", 0.0, "resnet101")
+    assert (dl.msc_scales, dl.freeze_bn) == ((0.5, 0.75), True)  # deeplab-pytorch's MSC and frozen BN
 
 
 @pytest.mark.parametrize("name", ["cityscapes_acfnet_r101", "cityscapes_acfnet_r101_aspp", "voc_deeplabv2_r101",

@@ -261,3 +261,70 @@ def test_acf_base_aspp_replaces_only_the_base_feature_map():
     assert any(k.startswith("head.reduce.branches.3.") for k in a)
     out = aspp(torch.randn(1, 3, 32, 32))
     assert out["out"].shape == (1, K, 32, 32) and out["coarse"].shape == (1, K, 32, 32)
+
+
+def test_msc_inputs_are_deeplab_pytorchs_max_over_scales_and_their_losses():
+    """msc_scales (deeplab-pytorch's MSC): inference = the pixel-wise max of the image's logits and
+    each scale's (bilinear to the image's logit size), upsampled; training loss = the sum of the
+    cross entropies of [image, each scale, max] at their own sizes, labels resized by PIL's nearest."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from wsss.seg.model import cross_entropy
+
+    torch.manual_seed(0)
+    plain = build_from_config(TrainSegConfig(head="deeplabv2", backbone="resnet_tiny", aux_weight=0), K)
+    msc = build_from_config(TrainSegConfig(head="deeplabv2", backbone="resnet_tiny", aux_weight=0,
+                                           msc_scales=(0.5, 0.75)), K)
+    msc.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 41, 53)
+    y = torch.randint(0, K, (2, 41, 53))
+    y[0, :5] = 255
+
+    def head_logits(inp):
+        return plain.head(plain.backbone(inp)["layer4"])["logits"]
+
+    with torch.no_grad():
+        plain.eval(), msc.eval()
+        full = head_logits(x)
+        scaled = [head_logits(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)) for s in (0.5, 0.75)]
+        up = [F.interpolate(s, size=full.shape[-2:], mode="bilinear", align_corners=False) for s in scaled]
+        fused = torch.maximum(full, torch.maximum(up[0], up[1]))
+        want = F.interpolate(fused, size=(41, 53), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(msc(x)["out"], want, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(plain(x)["out"], want)
+
+        msc.train()
+        for m in msc.modules():  # the loss, not the batch statistics, is under test here
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        out = msc(x)
+
+        def pil_nearest(labels, size):
+            return torch.stack([torch.from_numpy(np.array(
+                Image.fromarray(l.numpy().astype(np.uint8)).resize(size[::-1], Image.NEAREST))).long() for l in labels])
+
+        expected = sum(cross_entropy(logit, pil_nearest(y, logit.shape[-2:])) for logit in [full] + scaled + [fused])
+        torch.testing.assert_close(msc.loss(out, y)["seg"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_freeze_bn_keeps_the_backbones_statistics_and_affine_weights():
+    cfg = TrainSegConfig(head="fcn", backbone="resnet_tiny", channels=8, freeze_bn=True)
+    model = build_from_config(cfg, K).train()
+    bn_names = [n for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if k.rsplit(".", 1)[0] in bn_names}
+    assert len(before) == 5 * len(bn_names)  # weight, bias, running mean / var, batches tracked
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert all(m.training for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d))  # heads train theirs
+    groups = model.param_groups(lr=0.1, weight_decay=0.0)
+    opt = torch.optim.SGD([p for g in groups for p in g.params], lr=0.1)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, K, (2, 32, 32))
+    model.loss(model(x), y)["loss"].backward()
+    opt.step()
+    after = model.backbone.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    unfrozen = build_from_config(TrainSegConfig(head="fcn", backbone="resnet_tiny", channels=8), K).train()
+    unfrozen(x)
+    assert not all(torch.equal(before[k], unfrozen.backbone.state_dict()[k]) for k in before if "running_mean" in k)

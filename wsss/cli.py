@@ -540,6 +540,9 @@ TRAIN_SEG_OPTIONS = {
     "psa_mask_size": Opt("psa: attention window side, odd (63 suits crop 512).", min=1),
     "psa_outside": Opt("psa: pairs beyond the attention window get no weight, or enter the softmax at 0 (semseg's)."),
     "acf_center_channels": Opt("acf: width of the class centres.", min=1, default_text="channels / 2"),
+    "msc_scales": Opt("Multi-scale inputs, e.g. 0.5,0.75 (deeplab-pytorch's DeepLab v2, AD-CAM / IRN's Seg): "
+                      "each scale's and the pixel-wise max's loss at logit resolution; the max at test time."),
+    "freeze_bn": Opt("Keep the backbone's batch norms at their ImageNet statistics, untrained (deeplab-pytorch)."),
     "acf_base": Opt("acf: base network, the plain dilated ResNet (ACFNet Tab. 1) or ResNet + ASPP (Tab. 2)."),
     "aux_weight": Opt("Weight of the auxiliary FCN head's loss; 0 = no auxiliary head (AD-CAM / IRN's DeepLab v2).",
                       min=0),

@@ -9,7 +9,7 @@ from wsss.data import DataConfig
 
 CLASS_NAMES_FILE = "class_names.txt"
 
-CONFIG_IMPLIED = {"acf_base": "conv"}
+CONFIG_IMPLIED = {"acf_base": "conv", "msc_scales": None, "freeze_bn": False}
 """What a train-seg run recorded before a setting existed was trained with, so it resumes
 (:func:`~wsss.engine.loop.resumed_config`): ACFNet's plain base network."""
 
@@ -61,6 +61,11 @@ class TrainSegConfig(TrainRunConfig):
     aux_weight: float = 0.4
     # per-class cross-entropy weights, background first (ACFNet's class-balanced loss); none = plain
     class_weights: tuple[float, ...] | None = None
+    # multi-scale inputs of deeplab-pytorch's DeepLab v2 (AD-CAM's / IRN's Seg): [0.5, 0.75]; the loss
+    # sums each scale's and the max's cross entropy at logit resolution (Segmenter); none = off
+    msc_scales: tuple[float, ...] | None = None
+    # keep the backbone's batch norms frozen at their ImageNet statistics (deeplab-pytorch's DeepLab v2)
+    freeze_bn: bool = False
     # online bootstrapping of hard pixels (ACFNet Sec. 4.3: 0.7 and 100,000): the cross entropies
     # average over pixels whose probability of their class is at most ohem_thresh, at least
     # ohem_min_kept of them per process's batch; 0 = off

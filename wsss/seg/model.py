@@ -51,6 +51,16 @@ class Segmenter(nn.Module):
             theta 0.7, K 100,000; mmseg's ``OHEMPixelSampler``): the cross entropies average over
             the labelled pixels whose softmax probability of their class is at most ``ohem_thresh``,
             and over at least the ``ohem_min_kept`` hardest ones; 0 = off (every labelled pixel).
+        msc_scales: multi-scale inputs as the DeepLab v2 code AD-CAM and IRN train with
+            (deeplab-pytorch's ``MSC``, scales 0.5 and 0.75): the head's logits of the image and
+            of the image resized bilinearly by each scale, the pixel-wise max of them all (brought
+            to the image's logit size, bilinear). Training: ``seg`` is the sum of the cross
+            entropies of each of these logit maps at its own size, against the labels resized
+            to it by nearest neighbour (PIL's rule); ``out`` is the max's. Inference: ``out`` is
+            the max, upsampled. None / empty = off.
+        freeze_bn: the backbone's batch norms stay in eval mode with their ImageNet statistics and
+            affine weights untrained (deeplab-pytorch's ``freeze_bn``, which AD-CAM's and IRN's
+            DeepLab v2 uses); off = trained (PCAA, ACFNet, PSANet).
     """
 
     def __init__(
@@ -66,8 +76,12 @@ class Segmenter(nn.Module):
         class_weights: Sequence[float] | None = None,
         ohem_thresh: float = 0.0,
         ohem_min_kept: int = 100000,
+        msc_scales: Sequence[float] | None = None,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
+        if msc_scales and any(not 0 < s for s in msc_scales):
+            raise ValueError(f"msc_scales must be positive, got {list(msc_scales)}")
         if not 0.0 <= ohem_thresh <= 1.0:
             raise ValueError(f"ohem_thresh must be in [0, 1] (0 = off; ACFNet: 0.7), got {ohem_thresh}")
         if ohem_min_kept < 0:
@@ -91,12 +105,40 @@ class Segmenter(nn.Module):
         self.aux_head = aux_head
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.msc_scales = tuple(msc_scales or ())
+        self.freeze_bn = freeze_bn
+        if freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.requires_grad_(False)
+                    m.eval()
+
+    def train(self, mode: bool = True) -> "Segmenter":
+        super().train(mode)
+        if self.freeze_bn:  # the backbone's statistics stay the pretrained ones
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def _msc_logits(self, x: torch.Tensor, logits: torch.Tensor) -> list[torch.Tensor]:
+        """deeplab-pytorch's MSC: [the image's logits, each scale's, their pixel-wise max]."""
+        pyramid = [self.head(self.backbone(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False))
+                             ["layer4"])["logits"] for s in self.msc_scales]
+        fused = torch.stack([logits] + [_upsample(p, logits.shape[-2:]) for p in pyramid]).max(dim=0).values
+        return [logits] + pyramid + [fused]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         features = self.backbone(x)
         outputs = dict(self.head(features["layer4"]))
         size = x.shape[-2:]
-        result = {"out": _upsample(outputs.pop("logits"), size)}
+        logits = outputs.pop("logits")
+        if self.msc_scales:
+            msc = self._msc_logits(x, logits)
+            logits = msc[-1]
+            if self.training:
+                outputs["msc"] = msc
+        result = {"out": _upsample(logits, size)}
         if self.aux_head is not None:
             result["aux"] = _upsample(self.aux_head(features["layer3"])["logits"], size)
         for key in getattr(self.head, "dense_outputs", ()):
@@ -145,7 +187,13 @@ class Segmenter(nn.Module):
         ce = {"weight": self.class_weights, "ohem_thresh": self.ohem_thresh, "ohem_min_kept": self.ohem_min_kept}
         if self.class_weights is None and self.ohem_thresh == 0:
             ce = {"count": pixel_count}
-        terms = {"seg": cross_entropy(outputs["out"], target, self.ignore_index, **ce)}
+        if "msc" in outputs:  # each scale's logits at their own size, labels resized to them (nearest);
+            # pixel_count counts full-size labels, so each term is this process's own mean
+            own = {k: v for k, v in ce.items() if k != "count"}
+            terms = {"seg": sum(cross_entropy(logits, _nearest_labels(target, logits.shape[-2:]), self.ignore_index,
+                                              **own) for logits in outputs["msc"])}
+        else:
+            terms = {"seg": cross_entropy(outputs["out"], target, self.ignore_index, **ce)}
         if "aux" in weights:
             terms["aux"] = cross_entropy(outputs["aux"], target, self.ignore_index, **ce)
         if "coarse" in weights:
@@ -188,6 +236,8 @@ def build_segmenter(
     class_weights: Sequence[float] | None = None,
     ohem_thresh: float = 0.0,
     ohem_min_kept: int = 100000,
+    msc_scales: Sequence[float] | None = None,
+    freeze_bn: bool = False,
     **head_kwargs,
 ) -> Segmenter:
     """Build ``backbone`` dilated to output stride 8 (:data:`wsss.models.SEG_OS8`),
@@ -225,6 +275,8 @@ def build_segmenter(
         class_weights=class_weights,
         ohem_thresh=ohem_thresh,
         ohem_min_kept=ohem_min_kept,
+        msc_scales=msc_scales,
+        freeze_bn=freeze_bn,
     )
 
 
@@ -279,6 +331,15 @@ def _upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def _nearest_labels(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """(B, H, W) labels resized to ``size`` by nearest neighbour as PIL's ``NEAREST`` does (the
+    source pixel under each output pixel's centre: torch's ``nearest-exact``), which
+    deeplab-pytorch's ``resize_labels`` uses."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].to(target.dtype)
+
+
 __all__ = [
     "Segmenter",
     "build_segmenter",
@@ -309,7 +370,8 @@ def build_from_config(cfg: TrainSegConfig, num_classes: int, pretrained: str | N
                            contract_dilation=cfg.contract_dilation, multi_grid=cfg.multi_grid,
                            patch_label_min_frac=cfg.patch_label_min_frac, focal_reduction=cfg.focal_reduction,
                            aux_weight=cfg.aux_weight, class_weights=cfg.class_weights, ohem_thresh=cfg.ohem_thresh,
-                           ohem_min_kept=cfg.ohem_min_kept, **head_kwargs(cfg))
+                           ohem_min_kept=cfg.ohem_min_kept, msc_scales=cfg.msc_scales, freeze_bn=cfg.freeze_bn,
+                           **head_kwargs(cfg))
 
 
 def load_trained_segmenter(seg_dir: str | Path, device: torch.device | str = "cpu"):
