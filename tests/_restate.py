@@ -47,3 +47,21 @@ def stop_at_step(monkeypatch, optimizer_cls, n):
 
     monkeypatch.setattr(optimizer_cls, "step", flaky_step)
     return real_step
+
+
+def as_recorded_before(out, key, step=1):
+    """Make the finished training run in ``out`` look like one interrupted at ``step`` that was
+    started before the setting ``key`` existed: no done.json, and ``key`` missing from the
+    checkpoint's config and from config.yaml."""
+    import yaml
+
+    from wsss.engine import checkpoint as ckpt
+
+    (out / "done.json").unlink()
+    state = ckpt.load_resume(out / "resume.pt")
+    del state["config"][key]
+    state["step"] = step
+    ckpt.save_resume(out / "resume.pt", state)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved[key]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))

@@ -477,19 +477,12 @@ def test_train_irn_refuses_a_bad_resize_kernel(toy_root, ir_labels, tmp_path):
 def test_train_irn_run_recorded_before_resize_existed_resumes_with_opencv(toy_root, ir_labels, tmp_path, monkeypatch):
     import yaml
 
-    from wsss.engine import checkpoint as ckpt
+    from _restate import as_recorded_before
     from wsss.pseudo import train_irn as module
 
     out = tmp_path / "old"
     _train(_cfg(toy_root, ir_labels, out, max_steps=2, save_every=1, epochs=1, resize="opencv"))
-    (out / "done.json").unlink()
-    state = ckpt.load_resume(out / "resume.pt")  # as written before the setting existed
-    del state["config"]["resize"]
-    state["step"] = 1
-    ckpt.save_resume(out / "resume.pt", state)
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    del saved["resize"]
-    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    as_recorded_before(out, "resize")  # as written before the setting existed
 
     used = []
     real = module.irn_train_transform

@@ -308,18 +308,11 @@ def test_a_run_recorded_before_acf_base_existed_resumes_as_the_plain_base(toy_ro
     the ASPP base instead is refused as a changed configuration."""
     import yaml
 
-    from wsss.engine import checkpoint as ckpt
+    from _restate import as_recorded_before
 
     out = tmp_path / "old"
     train_seg(_cfg(toy_root, out, head="acf", iterations=2, save_every=1, val_split=None), progress=False)
-    (out / "done.json").unlink()
-    state = ckpt.load_resume(out / "resume.pt")  # as written before the setting existed
-    del state["config"]["acf_base"]
-    state["step"] = 1
-    ckpt.save_resume(out / "resume.pt", state)
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    del saved["acf_base"]
-    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    as_recorded_before(out, "acf_base")  # as written before the setting existed
 
     with pytest.raises(ConfigError, match="configuration changed \\(acf_base\\)"):
         train_seg(_cfg(toy_root, out, head="acf", iterations=2, save_every=1, val_split=None, acf_base="aspp"),
