@@ -38,6 +38,10 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=4)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--beta", type=float, default=10.0, help="the walk's affinity power (IRN: 10; the demo: 30)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="map IRN's thresholds to these seeds' best threshold (make-pseudo --calibrate-from), "
+                         "as the demo does; default: IRN's values as given")
     ap.add_argument("--irn-dir", default=None, help="reuse this trained boundary net (skips IR labels and training)")
     ap.add_argument("--oracle", type=float, nargs="*", default=[0.5, 0.7, 0.9],
                     help="boundary strengths of the oracle rows (none: skip them)")
@@ -77,8 +81,10 @@ def main() -> None:
     seed = evaluate_cams(EvalCamConfig(data=data, cam_dir=str(cams), workers=2), progress=False)
     irn = TrainIrnConfig(backbone=args.backbone, weights=args.weights, batch_size=16, crop=args.crop,
                          epochs=args.epochs, workers=1)
+    calibrate = str(round(seed.best_threshold, 6)) if args.calibrate else None
     pseudo = make_pseudo(MakePseudoConfig(data=data, cam_dir=str(cams), refine="irn", irn=irn, irn_dir=args.irn_dir,
-                                          device="cpu", out=str(out / "pseudo")), progress=False)
+                                          beta=args.beta, calibrate_from=calibrate, device="cpu",
+                                          out=str(out / "pseudo")), progress=False)
     gt = str(Path(args.data_root) / "SegmentationClass")
     pl = evaluate_folders(EvalConfig(pred=str(pseudo), gt=gt, workers=2), progress=False)
 
@@ -115,11 +121,13 @@ def main() -> None:
     on_edge, off_edge = np.concatenate(on_edge), np.concatenate(off_edge)
 
     b = seed.best
-    print(f"\nblur sigma {args.blur} px, shift <= {args.shift} px, {len(ds)} images, IRNet {args.backbone}\n")
+    print(f"\nblur sigma {args.blur} px, shift <= {args.shift} px, {len(ds)} images, IRNet {args.backbone}, "
+          f"{args.epochs} epochs, beta {args.beta:g}, thresholds "
+          + (f"calibrated to {seed.best_threshold:.2f}" if args.calibrate else "IRN's") + "\n")
     print("| | mIoU | FP | FN |\n| --- | ---: | ---: | ---: |")
     print(f"| seeds (best threshold {seed.best_threshold:.2f}) | {100 * b.miou:.2f} | {100 * b.mean_fp:.2f} | "
           f"{100 * b.mean_fn:.2f} |")
-    print(f"| IRN pseudo masks (learned boundaries) | {100 * pl.miou:.2f} | {100 * pl.mean_fp:.2f} | "
+    print(f"| IRN pseudo masks (learned boundaries, beta {args.beta:g}) | {100 * pl.miou:.2f} | {100 * pl.mean_fp:.2f} | "
           f"{100 * pl.mean_fn:.2f} |")
     for strength, folder in oracle_dirs.items():
         r = evaluate_folders(EvalConfig(pred=str(folder), gt=gt, workers=2), progress=False)

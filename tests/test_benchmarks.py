@@ -95,8 +95,9 @@ def test_walk_length_sweep(toy_root, tmp_path, capsys):
 @pytest.mark.slow
 def test_irn_on_blurred_seeds(toy_root, tmp_path, capsys):
     out = run_script("irn_on_blurred_seeds.py", "--data-root", toy_root, "--crop", 80, "--epochs", 1,
-                     "--oracle", 0.9, "--out", tmp_path / "blur", capsys=capsys)
+                     "--oracle", 0.9, "--beta", 30, "--calibrate", "--out", tmp_path / "blur", capsys=capsys)
     assert "mIoU" in out and "48 images too small for pairs of radius 10" in out
+    assert "beta 30, thresholds calibrated to" in out
 
 
 @pytest.mark.slow
