@@ -10,7 +10,7 @@ from wsss.config import ConfigError
 from wsss.data import DataConfig, build_dataset
 from wsss.io import IGNORE_INDEX, WsssDataError, read_mask, write_mask
 from wsss.seg.predict import PredictConfig, predict, segment, slide_probs
-from wsss.seg.train import TrainSegConfig, train_seg
+from wsss.seg.train import TrainSegConfig, build_from_config, train_seg
 from wsss.seg.transforms import photometric_distortion, seg_train_transform
 
 
@@ -187,6 +187,35 @@ def test_flip_and_scales_average_probabilities():
     torch.testing.assert_close(multi, (one + half) / 2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_flipped_pair_in_one_batch_equals_two_forwards(mode):
+    """segment(flip=True) runs the image and its mirror as one batch: equal to the two forwards
+    one after another (written out here), on a real network with spatial context (BN in eval)."""
+    import torch.nn.functional as F
+
+    from wsss.data.transforms import normalize
+
+    torch.manual_seed(0)
+    net = build_from_config(TrainSegConfig(head="fcn", backbone="resnet_tiny", channels=8), 4).eval()
+    image = np.random.default_rng(2).integers(0, 255, (45, 61, 3), dtype=np.uint8)
+    kw = dict(base_size=40, scales=(0.75, 1.0), mode=mode, crop=32, stride=21)
+    got = segment(net, image, flip=True, **kw)
+    total = 0
+    with torch.no_grad():
+        fit = min(4 * 40 / 61, 40 / 45)
+        for s in (0.75, 1.0):
+            size = (max(1, int(61 * fit * s + 0.5)), max(1, int(45 * fit * s + 0.5)))
+            x = torch.from_numpy(normalize(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)))[None]
+            for flipped in (False, True):
+                xi = x.flip(-1) if flipped else x
+                p = slide_probs(net, xi, 32, 21) if mode == "slide" else torch.softmax(net(xi)["out"], 1)
+                p = p.flip(-1) if flipped else p
+                total = total + F.interpolate(p, size=(45, 61), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(got, total / 4, rtol=1e-5, atol=1e-6)
+    # the mirror mattered (a random head's probabilities are near-uniform: the difference is small)
+    assert (got - segment(net, image, flip=False, **kw)).abs().max() > 20 * 1e-6
+
+
 @pytest.mark.parametrize("head", ["fcn", "pcaa"])
 def test_train_seg_then_predict_and_eval(toy_root, tmp_path, head):
     out = train_seg(_cfg(toy_root, tmp_path / head, head=head, pool_sizes=(2,)), progress=False)
@@ -265,7 +294,7 @@ DDP_SCRIPT = r"""
 import sys
 import torch
 from wsss.data import DataConfig
-from wsss.seg.train import TrainSegConfig, train_seg
+from wsss.seg.train import TrainSegConfig, build_from_config, train_seg
 # dropout draws differ between processes by nature; without it one process and two must agree
 torch.nn.Dropout2d.forward = lambda self, x: x
 torch.nn.Dropout.forward = lambda self, x: x

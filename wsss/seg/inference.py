@@ -24,7 +24,7 @@ def _forward_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def slide_probs(model: torch.nn.Module, x: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
     """Sliding-window inference as mmseg's ``slide_inference`` (and PCAA's ``predict_sliding``):
-    (1, 3, H, W) -> (1, K, H, W) softmax of the logits averaged over windows of ``crop`` every
+    (B, 3, H, W) -> (B, K, H, W) softmax of the logits averaged over windows of ``crop`` every
     ``stride`` pixels, the last one flush with the border. A side shorter than ``crop`` is one
     window of its own length, not padded (mmseg runs the smaller crop). Before this matched mmseg,
     the windows' probabilities were averaged and small images were zero-padded to one window."""
@@ -41,7 +41,7 @@ def slide_probs(model: torch.nn.Module, x: torch.Tensor, crop: int, stride: int)
         for x0 in xs:
             logits = model(x[:, :, y0 : y0 + ch, x0 : x0 + cw])["out"].float()
             if total is None:
-                total = torch.zeros(1, logits.shape[1], h, w, device=x.device)
+                total = torch.zeros(logits.shape[0], logits.shape[1], h, w, device=x.device)
             total[:, :, y0 : y0 + ch, x0 : x0 + cw] += logits
             count[:, :, y0 : y0 + ch, x0 : x0 + cw] += 1
     return torch.softmax(total / count, dim=1)
@@ -60,7 +60,8 @@ def segment(
     stride: int = 341,
 ) -> torch.Tensor:
     """Averaged class probabilities of one image, ``image`` (H, W, 3) uint8 ->
-    (K, H, W) float32 on the model's device."""
+    (K, H, W) float32 on the model's device. With ``flip`` the image and its mirror go through the
+    network as one batch of two (one forward per scale or window instead of two)."""
     if mode not in INFER_MODES:
         raise ConfigError(f"mode must be one of {', '.join(INFER_MODES)}, got '{mode}'")
     device = next(model.parameters()).device
@@ -70,13 +71,12 @@ def segment(
     for s in scales:
         size = (max(1, int(w * fit * s + 0.5)), max(1, int(h * fit * s + 0.5)))
         x = torch.from_numpy(normalize(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)))[None].to(device)
-        for flipped in ((False, True) if flip else (False,)):
-            xi = x.flip(-1) if flipped else x
-            p = slide_probs(model, xi, crop, stride) if mode == "slide" else _forward_probs(model, xi)
-            if flipped:
-                p = p.flip(-1)
-            p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[0]
-            total = p if total is None else total + p
+        xb = torch.cat([x, x.flip(-1)]) if flip else x
+        p = slide_probs(model, xb, crop, stride) if mode == "slide" else _forward_probs(model, xb)
+        if flip:
+            p = torch.cat([p[:1], p[1:].flip(-1)])
+        p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False).sum(0)
+        total = p if total is None else total + p
     return total / (len(scales) * (2 if flip else 1))
 
 
