@@ -155,13 +155,13 @@ def make_toy_cmd(out: Path, size: int, num_train: int, num_val: int, seed: int, 
 DEVICE = Opt("Where to run: auto = a GPU if present.")
 
 
-def _data(split: str, root: str = "Dataset folder.") -> dict[str, Opt]:
+def _data(split: str, root: str = "Dataset folder.", split_default: str | None = None) -> dict[str, Opt]:
     """The dataset options every stage shares (a :class:`wsss.data.DataConfig`); ``split`` says
-    which images the stage reads."""
+    which images the stage reads (``split_default``: the default shown where the stage sets it)."""
     return {
         "data.kind": Opt("Dataset layout.", choices=DATA_KINDS),
         "data.root": Opt(root),
-        "data.split": Opt(split),
+        "data.split": Opt(split, default_text=split_default),
         "data.labels": Opt("Image-level label file replacing the dataset's own (cls_labels.npy; CSV or JSON "
                            "for folder datasets)."),
         "data.masks": Opt("Mask folder replacing the dataset's ground truth (train-seg: the make-pseudo folder)."),
@@ -189,6 +189,8 @@ def _training_run(prefix: str = "") -> dict[str, Opt]:
 
 
 MAX_STEPS = Opt("Stop after this many optimiser steps.", min=1, note="all epochs")
+EPOCHS = Opt("Epochs.", min=1)
+TRAIN_CROP = Opt("Training crop side, pixels.", min=16)
 
 
 def _poly_sgd(momentum: str = "SGD momentum.") -> dict[str, Opt]:
@@ -212,7 +214,7 @@ def _eval_split_default(overrides: dict) -> None:
 EVAL_OPTIONS = {
     "pred": Opt("Folder of predicted masks (<id>.png).", path="dir"),
     "gt": Opt("Folder of ground-truth masks (<id>.png).", path="dir"),
-    **_data("With --data-root: the split scored, every image of it.",
+    **_data("With --data-root: the split scored, every image of it.", split_default="val",
             root="Instead of --gt: the dataset folder, scored against its own ground truth, read and mapped by "
                  "its reader (e.g. Cityscapes labelIds)."),
     "ids": Opt("Image-list file to score.", path="file", note="every PNG in --pred"),
@@ -220,7 +222,6 @@ EVAL_OPTIONS = {
     "out": Opt("JSON with every figure.", path="file", note="<pred>/eval.json"),
     "workers": Opt("Threads decoding PNGs.", min=1),
 }
-EVAL_OPTIONS["data.split"] = Opt("With --data-root: the split scored, every image of it.", default_text="val")
 
 
 @main.command("eval")
@@ -310,9 +311,9 @@ TRAIN_CLS_OPTIONS = {
     "drop_last_block": Opt("Conformer: remove the last block (conv_trans_12) so the CNN map is at stride 16 like "
                            "the token grid (AD-CAM Sec. 5.1); extraction uses the same."),
     "drop_path": Opt("Conformer stochastic-depth rate (the official recipe: 0.1).", min=0, max=1),
-    "epochs": Opt("Epochs.", min=1),
+    "epochs": EPOCHS,
     "batch_size": Opt("Global batch, images, split over processes.", min=1),
-    "crop": Opt("Training crop side, pixels.", min=16),
+    "crop": TRAIN_CROP,
     "resize_long": Opt("Range of the random long-side resize, MIN,MAX pixels."),
     "resize": Opt("Kernel of the random long-side resize: pil (IRN's PIL bicubic; region masks PIL nearest) or "
                   "opencv (OpenCV linear / nearest, the behaviour before)."),
@@ -497,9 +498,9 @@ TRAIN_IRN_OPTIONS = {
     "ir_labels": Opt("IR-label folder (wsss make-pseudo --refine ir-label)."),
     "backbone": Opt("Frozen ResNet: resnet50|resnet101|resnet_tiny."),
     "weights": Opt("Local ImageNet weights of the backbone, or builtin:NAME.", note="random frozen features, with a warning"),
-    "epochs": Opt("Epochs.", min=1),
+    "epochs": EPOCHS,
     "batch_size": Opt("Global batch, images.", min=1),
-    "crop": Opt("Training crop side, pixels.", min=16),
+    "crop": TRAIN_CROP,
     "scale_range": Opt("Range of the random rescale, MIN,MAX."),
     "resize": Opt("Kernels of the random rescale: pil (IRN's PIL bicubic image, PIL nearest label) or opencv "
                   "(OpenCV cubic / exact nearest, the behaviour before)."),
@@ -553,7 +554,7 @@ TRAIN_SEG_OPTIONS = {
     "ohem_min_kept": Opt("With --ohem-thresh: at least this many hardest pixels per batch (ACFNet: 100000).", min=0),
     "iterations": Opt("Optimiser steps.", min=1),
     "batch_size": Opt("Global batch, images, split over processes.", min=1),
-    "crop": Opt("Training crop side, pixels.", min=16),
+    "crop": TRAIN_CROP,
     "base_size": Opt("Images are fit to (4 x base, base) before random scaling, pixels.", min=16),
     "scale_range": Opt("Range of the random scaling, MIN,MAX."),
     "photometric": Opt("Random photometric distortion (brightness, contrast, saturation, hue)."),

@@ -67,44 +67,15 @@ def _param_name(path: str) -> str:
     return path.replace(".", "__")
 
 
-def field_at(cls: type, path: str) -> tuple[dataclasses.Field, Any, Any]:
-    """The field at dotted ``path`` of dataclass ``cls``, its resolved annotation and its default."""
-    owner, default_owner = cls, None
-    parts = path.split(".")
-    for i, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(owner)}
-        if part not in fields:
+def field_at(cls: type, path: str) -> tuple[Any, Any]:
+    """The resolved annotation of the setting at dotted ``path`` of dataclass ``cls`` and its
+    default (read from a default instance, nested configs included)."""
+    owner, value = cls, cls()
+    for part in path.split("."):
+        if part not in {f.name for f in dataclasses.fields(owner)}:
             raise KeyError(f"{cls.__name__} has no setting '{path}'")
-        f = fields[part]
-        tp = typing.get_type_hints(owner)[part]
-        if default_owner is None:
-            value = _field_default(f)
-        else:
-            value = getattr(default_owner, part)
-        if i < len(parts) - 1:
-            owner, default_owner = tp, value
-    return f, tp, value
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-def setting_paths(cls: type, prefix: str = "") -> list[str]:
-    """Every leaf setting of ``cls`` as a dotted path, nested dataclasses walked into."""
-    hints = typing.get_type_hints(cls)
-    paths = []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            paths += setting_paths(tp, f"{prefix}{f.name}.")
-        else:
-            paths.append(prefix + f.name)
-    return paths
+        owner, value = typing.get_type_hints(owner)[part], getattr(value, part)
+    return owner, value
 
 
 def _optional_inner(tp: Any) -> Any:
@@ -154,7 +125,7 @@ def render_default(value: Any, opt: Opt) -> str:
         shown = opt.default_text
     elif isinstance(value, bool):
         shown = "on" if value else "off"
-    elif value is None:
+    elif value is None or value == "":
         shown = "none"
     elif isinstance(value, (list, tuple)):
         shown = ",".join(_number(v) for v in value)
@@ -162,8 +133,6 @@ def render_default(value: Any, opt: Opt) -> str:
         shown = str(value)
     else:
         shown = _number(value)
-    if value == "" and opt.default_text is None:
-        shown = "none"
     return shown + (f", {opt.note}" if opt.note else "")
 
 
@@ -172,7 +141,7 @@ def _number(v: Any) -> str:
 
 
 def _click_option(cls: type, path: str, opt: Opt) -> click.Option:
-    f, tp, default = field_at(cls, path)
+    tp, default = field_at(cls, path)
     name = option_name(path, opt)
     tp = _optional_inner(tp)
     kwargs: dict[str, Any] = {"default": None}

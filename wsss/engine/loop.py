@@ -32,7 +32,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.config import ConfigError, TrainRunConfig, read_yaml, save_config, to_dict
+from wsss.config import ConfigError, TrainRunConfig, load_config, read_yaml, save_config, to_dict
 from wsss.engine import checkpoint as ckpt
 from wsss.engine import dist
 from wsss.engine.optim import GroupSpec, make_optimizer  # noqa: F401  (re-exported)
@@ -270,8 +270,6 @@ def load_run(run_dir: str | Path, stage: str, build: Callable[[Any, dict], tuple
     strictly: keys that do not match are refused, naming the missing and unexpected ones
     (:func:`~wsss.engine.checkpoint.load_state_strict`). A folder that is not such a run, or one whose
     training did not finish, is refused with the command to run (:func:`finished_run_weights`)."""
-    from wsss.config import load_config
-
     run_dir = Path(run_dir)
     weights = finished_run_weights(run_dir, stage, weights_name)
     cfg = load_config(config_class, run_dir / "config.yaml") if config_class else read_yaml(run_dir / "config.yaml")
