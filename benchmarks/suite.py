@@ -8,7 +8,8 @@ Rows (random weights and inputs: speed does not depend on them):
 
 * extract-cam per image, 375 x 500, IRN's scales (1.0, 0.5, 1.5, 2.0) with flips: CAM and AD-CAM
   of a Conformer-S/16 (AD-CAM's ratio to CAM in the last column; the paper's Table 2: 2.2), CAM
-  of IRN's ResNet-50 CAM net;
+  of IRN's ResNet-50 CAM net; each also with ``--batch-size`` 4 (the profile's images in one
+  forward per scale), per image;
 * the random walk per image at 375 x 500 and 640 x 640 (its stride-4 grid, beta 10, 2^8 steps):
   wsss's stencil walk and IRN's dense N x N form (on a GPU; on a CPU it needs GBs and minutes);
 * make-pseudo --refine irn per image, 375 x 500, 2 classes: IRNet boundary (ResNet-50, image +
@@ -46,7 +47,7 @@ PROFILES = {
                   cls_batch=2, irn_batch=2, seg_batch=2, images=1, repeat=1, dense_walk=False),
     "smoke": dict(image=(48, 64), walks=[(48, 64)], conformer="conformer_tiny", resnet="resnet_tiny",
                   seg_backbone="resnet_tiny", cls_crop=64, r50_crop=64, irn_crop=96, seg_crop=64,
-                  cls_batch=2, irn_batch=2, seg_batch=2, images=1, repeat=1, dense_walk=True),
+                  cls_batch=2, irn_batch=2, seg_batch=2, images=2, repeat=1, dense_walk=True),
 }
 
 
@@ -81,7 +82,7 @@ def measure(fn, device: torch.device, repeat: int) -> tuple[float, float | None]
 
 
 def cam_rows(p: dict, device: torch.device) -> list[Row]:
-    from wsss.cam.extract import ExtractCamConfig, compute_cams
+    from wsss.cam.extract import ExtractCamConfig, compute_cams, compute_cams_batch
     from wsss.cls.models import build_classifier
 
     rng = np.random.default_rng(0)
@@ -110,6 +111,17 @@ def cam_rows(p: dict, device: torch.device) -> list[Row]:
             note = f"{seconds / cam_time:.2f}x CAM (AD-CAM Table 2: 2.2x)"
         rows.append(Row(f"extract-cam {method}", f"{model_name}, {h}x{w}, 4 scales + flip", seconds, "s / image",
                         peak, note))
+        if len(images) > 1:  # --batch-size N: the N images (and their mirrors) in one forward per scale
+
+            def batched():
+                with torch.no_grad():
+                    compute_cams_batch(model, images, [label] * len(images), cfg, device)
+
+            one_by_one = seconds
+            seconds, peak = measure(batched, device, p["repeat"])
+            seconds /= len(images)
+            rows.append(Row(f"extract-cam {method}, --batch-size {len(images)}", f"{model_name}, {h}x{w}, 4 scales + flip",
+                            seconds, "s / image", peak, f"{seconds / one_by_one:.2f}x one by one"))
         del model
     return rows
 

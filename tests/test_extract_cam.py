@@ -314,3 +314,52 @@ def test_eval_cam_reports_the_best_and_irns_fixed_threshold(toy_root, tmp_path):
         cm.update(read_mask(ds.mask_path(i)), cam_to_mask(c["high_res"], c["keys"] + 1, 0.15))
     fixed = json.loads((cams / "eval_cam.json").read_text())["fixed"]
     assert fixed["threshold"] == 0.15 and abs(fixed["mIoU"] - 100 * cm.compute().miou) < 1e-9
+
+
+@pytest.mark.parametrize("model,method", [("resnet_tiny", "cam"), ("conformer_tiny", "adcam")])
+def test_batched_extraction_writes_the_maps_made_one_by_one(cls_dirs, toy_root, tmp_path, model, method, monkeypatch):
+    """#16 item 3: --batch-size groups images of one size into a forward; every file equals the one
+    written image by image (to 1e-5, same keys), images of other sizes included, and the setting is
+    not part of the manifest (a batched run resumes an unbatched one)."""
+    import json
+    import shutil
+
+    import cv2
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    val = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    # three sizes: most images 64 x 64, three 48 x 64, two 80 x 56 (each its own bucket)
+    for image_id, size in zip(val[:5], [(64, 48)] * 3 + [(56, 80)] * 2):
+        path = root / "JPEGImages" / f"{image_id}.jpg"
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), size))
+    data = DataConfig(kind="voc", root=str(root), split="val")
+    kw = dict(data=data, cls_dir=str(cls_dirs[model]), method=method, topk=8, scales=(1.0, 0.5), device="cpu")
+    one, many = tmp_path / "one", tmp_path / "many"
+    extract_cams(ExtractCamConfig(**kw, out=str(one)), progress=False)
+    import wsss.cam.extract as extract
+
+    batches, batch_of = [], extract.compute_cams_batch
+    monkeypatch.setattr(extract, "compute_cams_batch",
+                        lambda m, ims, *a: batches.append([im.shape[:2] for im in ims]) or batch_of(m, ims, *a))
+    extract_cams(ExtractCamConfig(**kw, out=str(many), batch_size=4), progress=False)
+    rest = len(val) - 5  # the 64 x 64 images: full batches of 4, then what is left
+    assert sorted(len(b) for b in batches) == sorted([2, 3] + [4] * (rest // 4) + [rest % 4] * (rest % 4 > 0))
+    assert all(len(set(b)) == 1 for b in batches)
+    assert sorted(p.name for p in one.glob("*.npz")) == sorted(p.name for p in many.glob("*.npz"))
+    assert len(list(many.glob("*.npz"))) == len(val)
+    for image_id in val:
+        a, b = load_cam(one, image_id), load_cam(many, image_id)
+        assert np.array_equal(a["keys"], b["keys"])
+        for key in ("cam", "high_res"):
+            assert a[key].shape == b[key].shape
+            np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=0)
+    assert load_cam(many, val[0])["high_res"].shape[1:] == (48, 64)
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (one, many)]
+    assert "batch_size" not in manifests[1] and {k: v for k, v in manifests[0].items() if k != "out"} == \
+        {k: v for k, v in manifests[1].items() if k != "out"}
+    # an interrupted batched run is finished by an unbatched one (and the other way round)
+    for f in sorted(many.glob("*.npz"))[:4]:
+        f.unlink()
+    extract_cams(ExtractCamConfig(**kw, out=str(many)), progress=False)
+    assert len(list(many.glob("*.npz"))) == len(val)

@@ -19,6 +19,7 @@ def _old_extract_manifest(cfg, class_names):
     d = to_dict(cfg)
     d.pop("overwrite")
     d.pop("device")
+    d.pop("batch_size")  # added later, declared RUN_ONLY: the manifests stay what they were
     weights = Path(cfg.cls_dir) / "model.safetensors"
     d["checkpoint_mtime"] = weights.stat().st_mtime if weights.is_file() else None
     return {**d, "class_names": list(class_names)}

@@ -352,6 +352,8 @@ EXTRACT_CAM_OPTIONS = {
     "resize": Opt("Kernel of each scale's resize: pil (IRN's protocol: PIL bicubic, antialiased when downscaling) "
                   "or opencv (OpenCV cubic)."),
     "attn_renorm": Opt("AD-CAM: rows of A renormalised to 1 after dropping the cls token, as Sec. 4.3 states."),
+    "batch_size": Opt("Images of the same size per forward (with their mirrors); a GPU speed-up, same maps to 1e-5.",
+                      min=1),
     "topk": Opt("AD-CAM: co-neighbours kept per token, k of Eq. 7.", min=1),
     "steps": Opt("AD-CAM: diffusion steps, T of Eq. 8.", min=0),
     "diffusion": Opt("AD-CAM diffusion direction (distribute: the paper's text)."),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Literal
+from typing import Callable, ClassVar, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -125,6 +125,10 @@ class ExtractCamConfig:
     method at its largest scale is estimated (:func:`estimate_peak_bytes`); one that would not fit
     in the memory available is refused with the ``--max-side`` that fits, instead of swapping
     or being killed (a trial on a 4000 x 3000 image asked for 35 GB).
+    batch_size: images of the same size that go through the network together (with their mirrors, a
+    batch of 2 x batch_size per scale); a GPU's speed-up. The maps are each image's own (the
+    classifier is in eval mode), equal to 1e-5 to those made one by one, so the setting is not part
+    of the output's manifest.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,8 +146,9 @@ class ExtractCamConfig:
     max_side: int | None = None
     resize: Literal["pil", "opencv"] = "pil"
     attn_renorm: bool = True
+    batch_size: int = 1
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = ("overwrite", "device")
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("overwrite", "device", "batch_size")
     """Settings that do not change the CAMs: left out of the output's manifest (:func:`output_settings`)."""
 
 
@@ -153,18 +158,20 @@ ATTENTION_METHODS = ("adcam", "attn-diffusion", "tscam")
 _CNN_BYTES_PER_PIXEL = 550
 
 
-def estimate_peak_bytes(model: torch.nn.Module, method: str, h: int, w: int, scales, flip: bool) -> int:
+def estimate_peak_bytes(model: torch.nn.Module, method: str, h: int, w: int, scales, flip: bool,
+                        images: int = 1) -> int:
     """Rough peak memory of one image's extraction at its largest scale: the CNN forward
     (proportional to pixels) plus, for the attention methods, the N x N token matrices (one block's
-    per-head attention for the batch, the running mean, Eq. 6's similarity and the refined matrix)."""
+    per-head attention for the batch, the running mean, Eq. 6's similarity and the refined matrix).
+    ``images``: images of that size in one forward (``batch_size``)."""
     s = max(scales)
-    batch = 2 if flip else 1
+    batch = images * (2 if flip else 1)
     hs, ws = math.ceil(h * s), math.ceil(w * s)
     total = batch * hs * ws * _CNN_BYTES_PER_PIXEL
     if method in ATTENTION_METHODS:
         n = math.ceil(hs / 16) * math.ceil(ws / 16) + 1
         heads = getattr(getattr(model, "net", None), "num_heads", 6)
-        total += (batch * (heads + 1) + 3) * n * n * 4
+        total += (batch * (heads + 1) + 3 * images) * n * n * 4
     return int(total)
 
 
@@ -185,17 +192,18 @@ def available_bytes(device: torch.device) -> int | None:
 def check_memory(model: torch.nn.Module, cfg: "ExtractCamConfig", image_id: str, h: int, w: int,
                  device: torch.device, free: int | None) -> None:
     """Refuse an image whose estimated peak exceeds the free memory, naming the ``--max-side`` that fits."""
-    need = estimate_peak_bytes(model, cfg.method, h, w, cfg.scales, cfg.flip)
+    need = estimate_peak_bytes(model, cfg.method, h, w, cfg.scales, cfg.flip, cfg.batch_size)
     if free is None or need <= free:
         return
     side = max(h, w)
     while side > 16 and estimate_peak_bytes(model, cfg.method, round(h * side / max(h, w)), round(w * side / max(h, w)),
-                                            cfg.scales, cfg.flip) > free:
+                                            cfg.scales, cfg.flip, cfg.batch_size) > free:
         side = int(side * 0.9)
     raise WsssDataError(
         f"image '{image_id}' ({w} x {h}) needs about {need / 2 ** 30:.1f} GiB for {cfg.method} at scale {max(cfg.scales)}, "
         f"more than the {free / 2 ** 30:.1f} GiB free on {device.type}. Pass --max-side {side} (larger images are "
-        "downscaled for extraction, the maps resized back), or use smaller --scales."
+        "downscaled for extraction, the maps resized back), or use smaller --scales"
+        + (f" or a --batch-size below {cfg.batch_size}." if cfg.batch_size > 1 else ".")
     )
 
 
@@ -217,28 +225,50 @@ def compute_cams(
     model: torch.nn.Module, image: np.ndarray, label: np.ndarray, cfg: ExtractCamConfig, device: torch.device
 ) -> dict[str, np.ndarray]:
     """The driver for one image: (H, W, 3) uint8 + (K,) multi-hot -> IRN's CAM dict."""
+    return compute_cams_batch(model, [image], [label], cfg, device)[0]
+
+
+@torch.no_grad()
+def compute_cams_batch(
+    model: torch.nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: ExtractCamConfig,
+    device: torch.device,
+) -> list[dict[str, np.ndarray]]:
+    """:func:`compute_cams` for several images of one size, which go through the network together:
+    at each scale one forward of the images and their mirrors (a batch of 2B). The classifier is in
+    eval mode and every method works image by image, so each image's maps are its own maps
+    computed alone (to float round-off; ``test_extract_cam.py`` checks 1e-5)."""
     method = CAM_METHODS[cfg.method]
-    h, w = image.shape[:2]
-    keys = np.flatnonzero(label > 0).astype(np.int64)
+    h, w = images[0].shape[:2]
+    if any(im.shape[:2] != (h, w) for im in images):
+        raise ValueError("compute_cams_batch needs images of one size")
+    n = len(images)
+    keys = [np.flatnonzero(label > 0).astype(np.int64) for label in labels]
+    key_t = [torch.from_numpy(k).to(device) for k in keys]
     strided = (math.ceil(h / 4), math.ceil(w / 4))
     padded_size = (math.ceil(h / 16) * 16, math.ceil(w / 16) * 16)
-    cam = torch.zeros((len(keys),) + strided, device=device)
-    high = torch.zeros((len(keys),) + padded_size, device=device)
-    key_t = torch.from_numpy(keys).to(device)
+    cams = [torch.zeros((len(k),) + strided, device=device) for k in keys]
+    highs = [torch.zeros((len(k),) + padded_size, device=device) for k in keys]
     for scale in cfg.scales:
-        x = torch.from_numpy(normalize(np.ascontiguousarray(_resize(image, scale, cfg.resize))))[None].to(device)
+        x = torch.from_numpy(np.stack([normalize(np.ascontiguousarray(_resize(im, scale, cfg.resize)))
+                                       for im in images])).to(device)
         if cfg.flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = method(model, x, cfg).float()[:, key_t]
-        if maps.min() < 0:
-            raise RuntimeError(f"method '{cfg.method}' returned negative activations")
-        m = maps[0] + maps[1].flip(-1) if cfg.flip else maps[0]
-        cam += F.interpolate(m[None], strided, mode="bilinear", align_corners=False)[0]
-        high += F.interpolate(m[None], padded_size, mode="bilinear", align_corners=False)[0]
-    high = high[:, :h, :w]
-    cam /= cam.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(keys) else 1
-    high /= high.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(keys) else 1
-    return {"keys": keys, "cam": cam.cpu().numpy(), "high_res": high.cpu().numpy()}
+        maps = method(model, x, cfg).float()
+        for i in range(n):
+            own = maps[i, key_t[i]]
+            mirrored = maps[n + i, key_t[i]] if cfg.flip else None
+            if own.min() < 0 or (mirrored is not None and mirrored.min() < 0):
+                raise RuntimeError(f"method '{cfg.method}' returned negative activations")
+            m = own + mirrored.flip(-1) if cfg.flip else own
+            cams[i] += F.interpolate(m[None], strided, mode="bilinear", align_corners=False)[0]
+            highs[i] += F.interpolate(m[None], padded_size, mode="bilinear", align_corners=False)[0]
+    out = []
+    for k, cam, high in zip(keys, cams, highs):
+        high = high[:, :h, :w]
+        cam /= cam.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(k) else 1
+        high /= high.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(k) else 1
+        out.append({"keys": k, "cam": cam.cpu().numpy(), "high_res": high.cpu().numpy()})
+    return out
 
 
 def _check_sizes_fit(model: torch.nn.Module, cfg: ExtractCamConfig, ds, device: torch.device, free: int | None) -> None:
@@ -264,19 +294,33 @@ def extract_one(model: torch.nn.Module, image: np.ndarray, label: np.ndarray, cf
     """:func:`compute_cams` on the image, or on it downscaled to ``cfg.max_side`` with the maps resized
     back to the full image's stride-4 and full-size grids (max-normalised again). Memory was checked
     for the split's largest image before the loop (:func:`_check_sizes_fit`)."""
+    return extract_batch(model, [image], [label], cfg, device)[0]
+
+
+def _shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
     h, w = image.shape[:2]
-    small = image
-    if cfg.max_side and max(h, w) > cfg.max_side:
-        f = cfg.max_side / max(h, w)
-        small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    cams = compute_cams(model, small, label, cfg, device)
-    if small is image:
-        return cams
-    out = {"keys": cams["keys"]}
-    for key, size in (("cam", (math.ceil(h / 4), math.ceil(w / 4))), ("high_res", (h, w))):
-        m = F.interpolate(torch.from_numpy(cams[key])[None], size, mode="bilinear", align_corners=False)[0]
-        m /= m.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(cams["keys"]) else 1
-        out[key] = m.numpy()
+    if not max_side or max(h, w) <= max_side:
+        return image
+    f = max_side / max(h, w)
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def extract_batch(model: torch.nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                  cfg: ExtractCamConfig, device: torch.device) -> list[dict[str, np.ndarray]]:
+    """:func:`extract_one` for images of one size, in one batch (:func:`compute_cams_batch`)."""
+    h, w = images[0].shape[:2]
+    small = [_shrink(im, cfg.max_side) for im in images]
+    batch = compute_cams_batch(model, small, labels, cfg, device)
+    if small[0] is images[0]:
+        return batch
+    out = []
+    for cams in batch:
+        one = {"keys": cams["keys"]}
+        for key, size in (("cam", (math.ceil(h / 4), math.ceil(w / 4))), ("high_res", (h, w))):
+            m = F.interpolate(torch.from_numpy(cams[key])[None], size, mode="bilinear", align_corners=False)[0]
+            m /= m.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(cams["keys"]) else 1
+            one[key] = m.numpy()
+        out.append(one)
     return out
 
 
@@ -304,12 +348,29 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
     _check_sizes_fit(model, cfg, ds, device, free)  # before the manifest: a refusal leaves nothing behind
     outputs.open(manifest, cfg)
 
-    def extract(image_id: str) -> None:
-        sample = ds.load(image_id, with_mask=False)
-        save_cam(out / f"{image_id}{suffix}", extract_one(model, sample.image, sample.label, cfg, device))
+    def write(image_id: str, cams: dict[str, np.ndarray]) -> None:
+        save_cam(out / f"{image_id}{suffix}", cams)
         for other in set(CAM_FILE_SUFFIX.values()) - {suffix}:  # after --overwrite in the other format
             (out / f"{image_id}{other}").unlink(missing_ok=True)
 
-    outputs.run(ds.ids, suffix, f"extract-cam {cfg.method}", progress, extract, files="CAM files")
+    def loop(todo: list[str], track) -> None:
+        # images of one size wait in a bucket until batch_size of them go through the network together
+        buckets: dict[tuple[int, int], list] = {}
+
+        def flush(size: tuple[int, int]) -> None:
+            ids, images, labels = zip(*buckets.pop(size))
+            for image_id, cams in zip(ids, extract_batch(model, images, labels, cfg, device)):
+                write(image_id, cams)
+
+        for image_id in track(todo):
+            sample = ds.load(image_id, with_mask=False)
+            size = sample.image.shape[:2]
+            buckets.setdefault(size, []).append((image_id, sample.image, sample.label))
+            if len(buckets[size]) >= cfg.batch_size:
+                flush(size)
+        for size in list(buckets):
+            flush(size)
+
+    outputs.run(ds.ids, suffix, f"extract-cam {cfg.method}", progress, loop=loop, files="CAM files")
     outputs.finish({"images": len(ds.ids), "method": cfg.method})
     return out
