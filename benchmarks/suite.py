@@ -14,6 +14,8 @@ Rows (random weights and inputs: speed does not depend on them):
   wsss's stencil walk and IRN's dense N x N form (on a GPU; on a CPU it needs GBs and minutes);
 * make-pseudo --refine irn per image, 375 x 500, 2 classes: IRNet boundary (ResNet-50, image +
   flip), random walk, IRN's post-processing, IR labels (two dense CRFs, CPU);
+* predict per image, 375 x 500 with its mirror, PCAA and DeepLab v2 on ResNet-101, one by one and
+  with ``--batch-size`` 4;
 * training, seconds per step and images per second: train-cls Conformer-S/16 at crop 384 and
   ResNet-50 at crop 512 (batch 16), train-irn ResNet-50 at crop 512 (batch 32), train-seg PCAA,
   FCN and DeepLab v2 on ResNet-101 at crop 512 (batch 8), each in fp32 and with AMP (bf16) on a GPU;
@@ -193,6 +195,38 @@ def pseudo_rows(p: dict, device: torch.device) -> list[Row]:
     return rows
 
 
+def predict_rows(p: dict, device: torch.device) -> list[Row]:
+    """wsss predict per image (whole image with its mirror, base size = the training crop), one by
+    one and with ``--batch-size`` (the profile's images in one forward)."""
+    from wsss.seg.inference import segment, segment_batch
+    from wsss.seg.train import TrainSegConfig, build_from_config
+
+    h, w = p["image"]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(p["images"])]
+    kw = dict(base_size=p["seg_crop"], flip=True)
+    rows = []
+    for head in ("pcaa", "deeplabv2"):
+        torch.manual_seed(0)
+        net = build_from_config(TrainSegConfig(head=head, backbone=p["seg_backbone"]), 21).to(device).eval()
+        setting = f"{head}:{p['seg_backbone']}, {h}x{w}, base {p['seg_crop']}, flip"
+
+        def one_by_one():
+            for image in images:
+                segment(net, image, **kw)
+
+        seconds, peak = measure(one_by_one, device, p["repeat"])
+        seconds /= len(images)
+        rows.append(Row("predict", setting, seconds, "s / image", peak))
+        if len(images) > 1:
+            batched, peak = measure(lambda: segment_batch(net, images, **kw), device, p["repeat"])
+            batched /= len(images)
+            rows.append(Row(f"predict, --batch-size {len(images)}", setting, batched, "s / image", peak,
+                            f"{batched / seconds:.2f}x one by one"))
+        del net
+    return rows
+
+
 def train_rows(p: dict, device: torch.device) -> list[Row]:
     from bench_train_throughput import classifier_step, segmenter_step
 
@@ -248,7 +282,7 @@ def train_rows(p: dict, device: torch.device) -> list[Row]:
     return rows
 
 
-GROUPS = {"cam": cam_rows, "walk": walk_rows, "pseudo": pseudo_rows, "train": train_rows}
+GROUPS = {"cam": cam_rows, "walk": walk_rows, "pseudo": pseudo_rows, "predict": predict_rows, "train": train_rows}
 
 
 def table(rows: list[Row], device: torch.device, profile: str, elapsed: float) -> str:
@@ -275,7 +309,7 @@ def main() -> None:
     p = PROFILES[profile]
     t0 = time.perf_counter()
     rows: list[Row] = []
-    for group in ("cam", "walk", "pseudo", "train"):
+    for group in ("cam", "walk", "pseudo", "predict", "train"):
         if group in args.only:
             rows += GROUPS[group](p, device)
             print(f"[{group}] done, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -2,6 +2,8 @@
 (engine.outputs.output_settings): the manifests are what each stage recorded before the settings
 were declared once per config class (the old code is restated here), so existing folders resume."""
 import json
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,8 @@ def _old_extract_manifest(cfg, class_names):
 
 
 def _old_predict_settings(cfg):
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("device", "overwrite")}
+    # batch_size was added later, declared RUN_ONLY: the manifests stay what they were
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("device", "overwrite", "batch_size")}
 
 
 def _old_make_pseudo_settings(cfg):
@@ -89,3 +92,19 @@ def test_the_driver_checks_records_resumes_and_finishes(tmp_path, capsys):
         outputs.check({**settings, "threshold": 0.5})
     ImageOutputs(out, "masks", overwrite=True).check({**settings, "threshold": 0.5})
     outputs.check({**settings, "mask_format": "palette"})  # implied by a manifest without it
+
+
+def test_batches_by_key_groups_each_item_once_and_never_mixes_keys():
+    from wsss.engine.outputs import batches_by_key
+
+    rng = np.random.default_rng(0)
+    items = [(i, int(k)) for i, k in enumerate(rng.integers(0, 4, 50))]
+    for size in (1, 3, 7, 100):
+        groups = list(batches_by_key(iter(items), size, key=lambda it: it[1]))
+        assert sorted(it for g in groups for it in g) == items
+        assert all(0 < len(g) <= size and len({k for _, k in g}) == 1 for g in groups)
+        # per key: full groups in the order the items came, then the remainder
+        for key in range(4):
+            mine = [it for it in items if it[1] == key]
+            expected = [mine[i:i + size] for i in range(0, len(mine), size)]
+            assert [g for g in groups if g[0][1] == key] == expected

@@ -216,6 +216,53 @@ def test_flipped_pair_in_one_batch_equals_two_forwards(mode):
     assert (got - segment(net, image, flip=False, **kw)).abs().max() > 20 * 1e-6
 
 
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_a_batch_of_images_gets_the_probabilities_each_gets_alone(mode):
+    """#16 item 3: segment_batch (images of one size in one forward, with their mirrors) equals
+    segment image by image, on PCAA, whose class-attention context is per image."""
+    from wsss.seg.inference import segment_batch
+
+    torch.manual_seed(0)
+    net = build_from_config(TrainSegConfig(head="pcaa", backbone="resnet_tiny", channels=8, pool_sizes=(2,)), 4).eval()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (45, 61, 3), dtype=np.uint8) for _ in range(3)]
+    kw = dict(base_size=40, scales=(0.75, 1.0), flip=True, mode=mode, crop=32, stride=21)
+    got = segment_batch(net, images, **kw)
+    assert got.shape == (3, 4, 45, 61)
+    for image, p in zip(images, got):
+        torch.testing.assert_close(p, segment(net, image, **kw), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one size"):
+        segment_batch(net, [images[0], images[1][:40]], **kw)
+
+
+def test_predict_batch_size_writes_the_masks_made_one_by_one(toy_root, tmp_path, monkeypatch):
+    import shutil
+
+    import wsss.seg.predict as predict_module
+
+    out = train_seg(_cfg(toy_root, tmp_path / "run", head="pcaa", pool_sizes=(2,), val_split=None), progress=False)
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    val = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    for image_id in val[:3]:  # a second size: its images form their own batches
+        path = root / "JPEGImages" / f"{image_id}.jpg"
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (80, 48)))
+    data = DataConfig(kind="voc", root=str(root), split="val")
+    kw = dict(seg_dir=str(out), data=data, flip=True, scales=(0.75, 1.0), device="cpu")
+    predict(PredictConfig(**kw, out=str(tmp_path / "one")), progress=False)
+    sizes, real = [], predict_module.segment_batch
+    monkeypatch.setattr(predict_module, "segment_batch",
+                        lambda m, ims, **k: sizes.append([im.shape[:2] for im in ims]) or real(m, ims, **k))
+    predict(PredictConfig(**kw, out=str(tmp_path / "many"), batch_size=4), progress=False)
+    rest = len(val) - 3  # the 64 x 64 images: full batches of 4, then what is left
+    assert sorted(len(b) for b in sizes) == sorted([3] + [4] * (rest // 4) + [rest % 4] * (rest % 4 > 0))
+    assert all(len(set(b)) == 1 for b in sizes)
+    for image_id in val:
+        a, b = read_mask(tmp_path / "one" / f"{image_id}.png"), read_mask(tmp_path / "many" / f"{image_id}.png")
+        assert a.shape == b.shape and np.array_equal(a, b), image_id
+    assert read_mask(tmp_path / "many" / f"{val[0]}.png").shape == (48, 80)
+
+
 @pytest.mark.parametrize("head", ["fcn", "pcaa"])
 def test_train_seg_then_predict_and_eval(toy_root, tmp_path, head):
     out = train_seg(_cfg(toy_root, tmp_path / head, head=head, pool_sizes=(2,)), progress=False)

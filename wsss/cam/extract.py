@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from wsss.cls.models import load_trained_classifier
 from wsss.data.transforms import normalize, resize_to, scaled_size
 from wsss.config import ConfigError, check_choices
-from wsss.engine.outputs import ImageOutputs, output_settings
+from wsss.engine.outputs import ImageOutputs, batches_by_key, output_settings
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
 from wsss.cam.files import CAM_FILE_SUFFIX, load_cam, save_cam  # noqa: F401  (re-exported)
@@ -354,22 +354,12 @@ def extract_cams(cfg: ExtractCamConfig, progress: bool = True) -> Path:
             (out / f"{image_id}{other}").unlink(missing_ok=True)
 
     def loop(todo: list[str], track) -> None:
-        # images of one size wait in a bucket until batch_size of them go through the network together
-        buckets: dict[tuple[int, int], list] = {}
-
-        def flush(size: tuple[int, int]) -> None:
-            ids, images, labels = zip(*buckets.pop(size))
-            for image_id, cams in zip(ids, extract_batch(model, images, labels, cfg, device)):
-                write(image_id, cams)
-
-        for image_id in track(todo):
-            sample = ds.load(image_id, with_mask=False)
-            size = sample.image.shape[:2]
-            buckets.setdefault(size, []).append((image_id, sample.image, sample.label))
-            if len(buckets[size]) >= cfg.batch_size:
-                flush(size)
-        for size in list(buckets):
-            flush(size)
+        # images of one size wait until batch_size of them go through the network together
+        samples = ((image_id, ds.load(image_id, with_mask=False)) for image_id in track(todo))
+        for group in batches_by_key(samples, cfg.batch_size, key=lambda item: item[1].image.shape[:2]):
+            cams = extract_batch(model, [s.image for _, s in group], [s.label for _, s in group], cfg, device)
+            for (image_id, _), c in zip(group, cams):
+                write(image_id, c)
 
     outputs.run(ds.ids, suffix, f"extract-cam {cfg.method}", progress, loop=loop, files="CAM files")
     outputs.finish({"images": len(ds.ids), "method": cfg.method})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from wsss.config import ConfigError, save_config, to_dict
 from wsss.io import write_json
@@ -107,6 +107,19 @@ def _without_run_only(cfg: Any, plain: Mapping[str, Any]) -> dict[str, Any]:
     skip = getattr(cfg, "RUN_ONLY", ())
     return {k: _without_run_only(getattr(cfg, k), v) if dataclasses.is_dataclass(getattr(cfg, k)) else v
             for k, v in plain.items() if k not in skip}
+
+
+def batches_by_key(items: Iterable[Any], batch_size: int, key: Callable[[Any], Any]) -> Iterator[list[Any]]:
+    """Group ``items`` into lists of up to ``batch_size`` sharing ``key(item)`` (an image's size): a
+    group is yielded as soon as it is full, the partly filled ones after the last item, so at most
+    ``batch_size - 1`` items per key wait at any time. Each item is in exactly one group."""
+    waiting: dict[Any, list[Any]] = {}
+    for item in items:
+        group = waiting.setdefault(key(item), [])
+        group.append(item)
+        if len(group) >= batch_size:
+            yield waiting.pop(key(item))
+    yield from waiting.values()
 
 
 Track = Callable[..., Iterable]

@@ -62,20 +62,45 @@ def segment(
     """Averaged class probabilities of one image, ``image`` (H, W, 3) uint8 ->
     (K, H, W) float32 on the model's device. With ``flip`` the image and its mirror go through the
     network as one batch of two (one forward per scale or window instead of two)."""
+    return segment_batch(model, [image], base_size=base_size, scales=scales, flip=flip, mode=mode, crop=crop,
+                         stride=stride)[0]
+
+
+@torch.no_grad()
+def segment_batch(
+    model: torch.nn.Module,
+    images: list[np.ndarray],
+    *,
+    base_size: int,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+    mode: str = "whole",
+    crop: int = 512,
+    stride: int = 341,
+) -> torch.Tensor:
+    """:func:`segment` of several images of one size in one forward per scale or window (with
+    ``flip``, the images and their mirrors: a batch of 2B) -> (B, K, H, W). The network is in eval
+    mode, so each image's probabilities are the ones it gets alone (to float round-off)."""
     if mode not in INFER_MODES:
         raise ConfigError(f"mode must be one of {', '.join(INFER_MODES)}, got '{mode}'")
     device = next(model.parameters()).device
-    h, w = image.shape[:2]
+    h, w = images[0].shape[:2]
+    if any(im.shape[:2] != (h, w) for im in images):
+        raise ValueError("segment_batch needs images of one size")
+    n = len(images)
     fit = min(4 * base_size / max(h, w), base_size / min(h, w))
     total = None
     for s in scales:
         size = (max(1, int(w * fit * s + 0.5)), max(1, int(h * fit * s + 0.5)))
-        x = torch.from_numpy(normalize(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)))[None].to(device)
+        x = torch.from_numpy(np.stack([normalize(cv2.resize(im, size, interpolation=cv2.INTER_LINEAR))
+                                       for im in images])).to(device)
         xb = torch.cat([x, x.flip(-1)]) if flip else x
         p = slide_probs(model, xb, crop, stride) if mode == "slide" else _forward_probs(model, xb)
         if flip:
-            p = torch.cat([p[:1], p[1:].flip(-1)])
-        p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False).sum(0)
+            p = torch.cat([p[:n], p[n:].flip(-1)])
+        p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+        if flip:
+            p = p[:n] + p[n:]
         total = p if total is None else total + p
     return total / (len(scales) * (2 if flip else 1))
 

@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from wsss.config import check_choices
-from wsss.engine.outputs import ImageOutputs, output_settings
+from wsss.engine.outputs import ImageOutputs, batches_by_key, output_settings
 from wsss.data import DataConfig, build_dataset
 from wsss.engine import dist
 from wsss.io import read_image, write_mask
@@ -32,6 +32,7 @@ from wsss.seg.inference import (  # noqa: F401  (re-exported: their home was thi
     crf_from_probs,
     evaluate_segmenter,
     segment,
+    segment_batch,
     slide_probs,
 )
 from wsss.seg.model import load_trained_segmenter  # noqa: F401  (re-exported)
@@ -47,6 +48,9 @@ class PredictConfig:
     flip: also run the mirrored image. crop / stride: sliding-window size and step, pixels
     (0: the training crop, and two thirds of it).
     crf: refine with a dense CRF (pydensecrf) whose unary is the averaged softmax.
+    batch_size: images of the same size that go through the network together (a GPU's speed-up);
+    each image's probabilities are its own (eval mode), so the masks are those made one by one and
+    the setting is not part of the output's manifest.
     """
 
     seg_dir: str = "runs/seg"
@@ -60,8 +64,9 @@ class PredictConfig:
     crf: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = False
+    batch_size: int = 1
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = ("device", "overwrite")
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("device", "overwrite", "batch_size")
     """Settings that do not change the masks: left out of the output's manifest (:func:`output_settings`)."""
 
 
@@ -77,17 +82,16 @@ def predict(cfg: PredictConfig, progress: bool = True) -> Path:
     ds = build_dataset(cfg.data)
     outputs.open(output_settings(cfg), cfg)
 
-    def predict_one(image_id: str) -> None:
-        image = read_image(ds.image_path(image_id))
-        probs = segment(model, image, base_size=train_cfg.base_size, scales=tuple(cfg.scales), flip=cfg.flip,
-                        mode=cfg.mode, crop=crop, stride=stride)
-        if cfg.crf:
-            mask = crf_from_probs(image, probs.cpu().numpy())
-        else:
-            mask = probs.argmax(0).cpu().numpy()
-        write_mask(out / f"{image_id}.png", mask.astype(np.uint8))
+    def loop(todo: list[str], track) -> None:
+        images = ((image_id, read_image(ds.image_path(image_id))) for image_id in track(todo))
+        for group in batches_by_key(images, cfg.batch_size, key=lambda item: item[1].shape[:2]):
+            probs = segment_batch(model, [image for _, image in group], base_size=train_cfg.base_size,
+                                  scales=tuple(cfg.scales), flip=cfg.flip, mode=cfg.mode, crop=crop, stride=stride)
+            for (image_id, image), p in zip(group, probs):
+                mask = crf_from_probs(image, p.cpu().numpy()) if cfg.crf else p.argmax(0).cpu().numpy()
+                write_mask(out / f"{image_id}.png", mask.astype(np.uint8))
 
-    outputs.run(ds.ids, ".png", "predict", progress, predict_one)
+    outputs.run(ds.ids, ".png", "predict", progress, loop=loop)
     outputs.finish({"images": len(ds.ids), "mode": cfg.mode, "scales": list(cfg.scales)})
     if dist.is_main():
         from wsss.config import gt_folder, shell_command
