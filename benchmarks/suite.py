@@ -13,7 +13,7 @@ Rows (random weights and inputs: speed does not depend on them):
 * the random walk per image at 375 x 500 and 640 x 640 (its stride-4 grid, beta 10, 2^8 steps):
   wsss's stencil walk and IRN's dense N x N form (on a GPU; on a CPU it needs GBs and minutes);
 * make-pseudo --refine irn per image, 375 x 500, 2 classes: IRNet boundary (ResNet-50, image +
-  flip), random walk, IRN's post-processing, IR labels (two dense CRFs, CPU);
+  flip; also with ``--boundary-batch`` 4), random walk, IRN's post-processing, IR labels (two dense CRFs, CPU);
 * predict per image, 375 x 500 with its mirror, PCAA and DeepLab v2 on ResNet-101, one by one and
   with ``--batch-size`` 4;
 * training, seconds per step and images per second: train-cls Conformer-S/16 at crop 384 and
@@ -164,7 +164,7 @@ def pseudo_rows(p: dict, device: torch.device) -> list[Row]:
     import cv2
 
     from wsss.pseudo.crf import ir_label
-    from wsss.pseudo.irnet import BoundaryNet, infer_boundary
+    from wsss.pseudo.irnet import BoundaryNet, infer_boundary, infer_boundary_batch
     from wsss.pseudo.random_walk import irn_postprocess, propagate
 
     h, w = p["image"]
@@ -192,6 +192,12 @@ def pseudo_rows(p: dict, device: torch.device) -> list[Row]:
                      ("IR labels (2 dense CRFs, CPU)", lambda: ir_label(image, high, keys + 1))):
         seconds, peak = measure(fn, device, p["repeat"])
         rows.append(Row(f"make-pseudo: {name}", f"{p['resnet']}, {h}x{w}, 2 classes", seconds, "s / image", peak))
+        if name == "IRNet boundary" and p["images"] > 1:  # --boundary-batch N: N images in one forward
+            one_by_one, n = seconds, p["images"]
+            with torch.no_grad():
+                seconds, peak = measure(lambda: infer_boundary_batch(net, [image] * n), device, p["repeat"])
+            rows.append(Row(f"make-pseudo: IRNet boundary, --boundary-batch {n}", f"{p['resnet']}, {h}x{w}",
+                            seconds / n, "s / image", peak, f"{seconds / n / one_by_one:.2f}x one by one"))
     return rows
 
 

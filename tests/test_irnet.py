@@ -235,6 +235,24 @@ def test_infer_boundary_averages_the_mirror():
     assert infer_boundary(net, image, scales=(1.0, 0.5), flip=False).shape == (10, 13)
 
 
+@pytest.mark.parametrize("pad", [0, 48])
+def test_a_batch_of_images_gets_the_boundaries_each_gets_alone(pad):
+    """#16 item 3: infer_boundary_batch (images of one size and their mirrors in one forward) equals
+    infer_boundary image by image, with IRN's padding and with two scales."""
+    from wsss.pseudo.irnet import infer_boundary_batch
+
+    net = _tiny_net()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (37, 45, 3), dtype=np.uint8) for _ in range(3)]
+    for scales in ((1.0,), (1.0, 0.5)):
+        got = infer_boundary_batch(net, images, scales=scales, pad=pad)
+        assert got.shape == (3, 10, 12)
+        for image, b in zip(images, got):
+            torch.testing.assert_close(b, infer_boundary(net, image, scales=scales, pad=pad), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one size"):
+        infer_boundary_batch(net, [images[0], images[1][:30]])
+
+
 def test_backbone_by_name_without_weights_warns():
     with pytest.warns(UserWarning, match="from scratch"):
         BoundaryNet("resnet_tiny")

@@ -138,6 +138,12 @@ def test_refine_irn_trains_the_boundary_net_and_walks(toy_root, tmp_path):
     for i in ds.ids:
         for sub in ("", "boundary"):
             np.testing.assert_array_equal(read_mask(split / sub / f"{i}.png"), read_mask(out / sub / f"{i}.png"))
+    # the boundary net given 4 images per forward (#16 item 3) writes the same boundary maps and masks
+    batched = make_pseudo(replace(cfg, irn_dir=str(out / "irn"), workers=1, save_scores=False, boundary_batch=4,
+                                  out=str(tmp_path / "batched")), progress=False)
+    for i in ds.ids:
+        for sub in ("", "boundary"):
+            np.testing.assert_array_equal(read_mask(batched / sub / f"{i}.png"), read_mask(out / sub / f"{i}.png"))
     # a rerun redoes only what is missing; a changed walk setting is refused
     (out / f"{ds.ids[0]}.png").unlink()
     make_pseudo(cfg, progress=False)

@@ -33,7 +33,8 @@ def _old_predict_settings(cfg):
 
 
 def _old_make_pseudo_settings(cfg):
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device")}
+    # boundary_batch was added later, declared RUN_ONLY: the manifests stay what they were
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device", "boundary_batch")}
     if cfg.refine != "irn":
         for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad"):
             settings.pop(k)

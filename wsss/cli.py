@@ -456,6 +456,8 @@ MAKE_PSEUDO_OPTIONS = {
     "exp_times": Opt("irn: the walk takes 2^exp_times steps.", min=0),
     "radius": Opt("irn: radius of the walk's affinity stencil, pixels of the stride-4 map.", min=1),
     "save_scores": Opt("irn: also write the walk's score maps (OUT/scores)."),
+    "boundary_batch": Opt("irn: images of the same size per boundary-net forward; a GPU speed-up, same maps to 1e-5.",
+                          min=1),
     "mask_format": Opt("PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which "
                        "reads masks with imageio); the IR labels follow it."),
     "device": Opt("irn: where IRNet and the walk run (and the boundary net trains)."),
