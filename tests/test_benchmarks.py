@@ -118,6 +118,7 @@ def test_suite(capsys, tmp_path):
     out = run_script("suite.py", "--device", "cpu", "--profile", "smoke", "--out", tmp_path / "suite.md", capsys=capsys)
     table = (tmp_path / "suite.md").read_text()
     assert table in out and "torch " in table
-    for row in ("extract-cam adcam", "extract-cam adcam, --batch-size 2", "predict, --batch-size 2", "IRNet boundary, --boundary-batch 2", "random walk (stencil)", "random walk (IRN's dense)", "make-pseudo: IRNet boundary",
+    for row in ("extract-cam adcam", "extract-cam adcam, --batch-size 2", "predict, --batch-size 2", "extract-cam adcam, --batch-size 2, AMP bfloat16",
+                "predict, --batch-size 2, AMP bfloat16", "IRNet boundary, --boundary-batch 2", "random walk (stencil)", "random walk (IRN's dense)", "make-pseudo: IRNet boundary",
                 "train-irn", "train-seg | deeplabv2"):
         assert row in table, row
