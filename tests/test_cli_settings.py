@@ -73,6 +73,7 @@ def test_every_setting_has_an_option_showing_the_dataclass_default(name):
 
 def _other_value(opt: click.Option, current):
     """A valid command-line value for ``opt`` unlike ``current``, and what it should set."""
+    opt = _unwrapped(opt)
     if opt.is_flag and not opt.secondary_opts:  # a single switch
         return [opt.opts[0]], True
     if opt.secondary_opts:  # --x/--no-x
@@ -103,6 +104,18 @@ def _other_value(opt: click.Option, current):
     if opt.type is click.FLOAT:
         return [opt.opts[0], "0.375"], 0.375
     return [opt.opts[0], "some/where"], "some/where"
+
+
+def _unwrapped(opt: click.Option) -> click.Option:
+    """``opt`` with an optional setting's type (``OrNone``, which also reads none) as its inner type."""
+    from wsss.cli_settings import OrNone
+
+    if isinstance(opt.type, OrNone):
+        import copy
+
+        opt = copy.copy(opt)
+        opt.type = opt.type.inner
+    return opt
 
 
 # eval scores a --data-root's val split unless --split says otherwise
@@ -178,3 +191,40 @@ def test_every_fixed_choice_is_a_literal_or_a_registry():
         for path, spec in options.items():
             if spec.choices is not None:
                 assert tuple(spec.choices) in registries, f"{name} {path}: choices by hand"
+
+
+def _optional_paths(cls, options):
+    from wsss.cli_settings import _optional_inner, field_at
+
+    return [p for p in options if _optional_inner(tp := field_at(cls, p)[0]) is not tp]
+
+
+@pytest.mark.parametrize("name", STAGE_COMMANDS)
+def test_none_unsets_an_optional_setting_the_config_file_sets(name, tmp_path):
+    """`--pretrained none` (or null, or '') over a --config file naming weights trains from scratch:
+    every optional setting's option reads none as None, and other values as before."""
+    import yaml
+
+    cmd, cls, options = _stage(name)
+    paths = _optional_paths(cls, options)
+    for path in paths:
+        opt = _option_of(cmd, path)
+        args, value = _other_value(opt, None)
+        assert value is not None
+        nested = value
+        for part in reversed(path.split(".")):
+            nested = {part: nested}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(nested))
+        base = ["--config", str(tmp_path / "c.yaml")]
+        from_file = cmd.callback.resolve(dict(cmd.make_context(name, base).params))
+        got = _get(from_file, path)
+        assert (list(got) if isinstance(got, tuple) else got) == value, f"{name}: the file did not set {path}"
+        for word in ("none", "None", "null", ""):
+            cfg = cmd.callback.resolve(dict(cmd.make_context(name, base + [opt.opts[0], word]).params))
+            assert _get(cfg, path) is None, f"{name} {opt.opts[0]} {word!r} left {path} = {_get(cfg, path)!r}"
+
+
+def test_optional_settings_are_found():
+    cmd, cls, options = _stage("train-seg")
+    assert {"pretrained", "val_split", "msc_scales", "data.masks"} <= set(_optional_paths(cls, options))
+    assert "lr" not in _optional_paths(cls, options)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import click
 
-from wsss.config import load_config
+from wsss.config import NONE, load_config
 
 
 @dataclass(frozen=True)
@@ -97,14 +97,40 @@ def _sequence_item(tp: Any) -> tuple[Any, int | None] | None:
     return (args[0] if args else float), None
 
 
-def comma_list(item: type, length: int | None = None) -> Callable:
+NONE_WORDS = ("none", "null", "")
+"""What an optional setting's option accepts for "no value" (the help shows such a default as none)."""
+
+
+class OrNone(click.ParamType):
+    """An optional setting's option type: ``none`` (or ``null``, or an empty string) sets it to None,
+    overriding a ``--config`` file's value; anything else is read by ``inner`` (a click type)."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is NONE or (isinstance(value, str) and value.strip().lower() in NONE_WORDS):
+            return NONE
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        try:
+            return self.inner.get_metavar(param, ctx)
+        except TypeError:  # click < 8.2: get_metavar(param)
+            return self.inner.get_metavar(param)
+
+
+def comma_list(item: type, length: int | None = None, optional: bool = False) -> Callable:
     """A click callback turning ``"a,b,c"`` into a list of ``item`` (int or float); with ``length``,
-    exactly that many."""
+    exactly that many; with ``optional``, ``none`` gives :data:`wsss.config.NONE`."""
     what = "whole numbers" if item is int else "numbers"
 
     def parse(ctx: click.Context, param: click.Parameter, text: str | None):
         if text is None:
             return None
+        if optional and text.strip().lower() in NONE_WORDS:
+            return NONE
         try:
             values = [item(v) for v in text.split(",") if v.strip()]
         except ValueError:
@@ -143,6 +169,7 @@ def _number(v: Any) -> str:
 def _click_option(cls: type, path: str, opt: Opt) -> click.Option:
     tp, default = field_at(cls, path)
     name = option_name(path, opt)
+    optional = _optional_inner(tp) is not tp
     tp = _optional_inner(tp)
     kwargs: dict[str, Any] = {"default": None}
     decls: list[str]
@@ -160,7 +187,7 @@ def _click_option(cls: type, path: str, opt: Opt) -> click.Option:
         elif opt.path is not None:
             kwargs["type"] = click.Path(file_okay=opt.path == "file", dir_okay=opt.path == "dir")
         elif seq is not None:
-            kwargs["callback"] = comma_list(*seq)
+            kwargs["callback"] = comma_list(*seq, optional=optional)
             item, length = seq
             kwargs["metavar"] = "MIN,MAX" if length == 2 else ",".join(["N"] * length) if length else "N,N,..."
         elif tp in (int, float):
@@ -169,6 +196,8 @@ def _click_option(cls: type, path: str, opt: Opt) -> click.Option:
             else:
                 rng = click.IntRange if tp is int else click.FloatRange
                 kwargs["type"] = rng(opt.min, opt.max, min_open=opt.min_open, max_open=opt.max_open)
+        if optional and seq is None:
+            kwargs["type"] = OrNone(click.types.convert_type(kwargs.get("type", tp)))
     kwargs["help"] = f"{opt.help} [default: {render_default(default, opt)}]"
     return click.Option(decls + [_param_name(path)], **kwargs)
 

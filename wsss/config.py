@@ -217,6 +217,18 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+class _SetToNone:
+    """An override meaning "set this key to None" (plain None means "not given")."""
+
+    def __repr__(self) -> str:
+        return "NONE"
+
+
+NONE = _SetToNone()
+"""Override value of :func:`load_config` that sets the key to None, e.g. ``--pretrained none``
+over a ``--config`` file that names weights."""
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -224,7 +236,8 @@ def load_config(
     section: str | None = None,
 ) -> T:
     """File values, then ``overrides`` (dotted keys; None values are skipped, so
-    unset command-line options keep the file's value), then the dataclass defaults.
+    unset command-line options keep the file's value; :data:`NONE` sets the key to None), then the
+    dataclass defaults.
 
     ``section``: when the file holds several stages' settings (a recipe), read
     only that top-level key. A file without that key is read whole when its keys
@@ -246,7 +259,7 @@ def load_config(
     data = _deep_copy(data)
     for key, value in (overrides or {}).items():
         if value is not None:
-            set_dotted(data, key, value)
+            set_dotted(data, key, None if value is NONE else value)
     return from_dict(cls, data)
 
 
