@@ -363,3 +363,26 @@ def test_batched_extraction_writes_the_maps_made_one_by_one(cls_dirs, toy_root, 
         f.unlink()
     extract_cams(ExtractCamConfig(**kw, out=str(many)), progress=False)
     assert len(list(many.glob("*.npz"))) == len(val)
+
+
+def test_an_image_without_classes_gets_empty_maps(cls_dirs):
+    """An image whose label lists no class (COCO has some) gets a file with no keys and no maps; the
+    negativity check used to call min() on the empty maps and stop the stage."""
+    from wsss.cam.extract import compute_cams_batch
+
+    model, _ = load_trained_classifier(cls_dirs["resnet_tiny"], torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 52, 3), dtype=np.uint8) for _ in range(2)]
+    labels = [np.zeros(8, np.float32), np.eye(8, dtype=np.float32)[2]]
+    cfg = ExtractCamConfig(method="cam", scales=(1.0, 0.5), device="cpu")
+    empty, one = compute_cams_batch(model, images, labels, cfg, torch.device("cpu"))
+    assert empty["keys"].shape == (0,) and empty["cam"].shape == (0, 10, 13) and empty["high_res"].shape == (0, 40, 52)
+    assert one["keys"].tolist() == [2] and one["high_res"].shape == (1, 40, 52) and one["high_res"].max() > 0.99
+    alone = compute_cams(model, images[1], labels[1], cfg, torch.device("cpu"))
+    np.testing.assert_allclose(one["high_res"], alone["high_res"], atol=1e-5, rtol=0)
+    from dataclasses import replace
+
+    from wsss.cam.extract import extract_batch
+
+    small = extract_batch(model, images, labels, replace(cfg, max_side=26), torch.device("cpu"))  # the downscaled path
+    assert small[0]["high_res"].shape == (0, 40, 52) and small[1]["high_res"].shape == (1, 40, 52)

@@ -255,6 +255,8 @@ def compute_cams_batch(
             x = torch.cat([x, x.flip(-1)])
         maps = method(model, x, cfg).float()
         for i in range(n):
+            if not len(keys[i]):  # no class: nothing to add (min() and interpolate refuse empty maps)
+                continue
             own = maps[i, key_t[i]]
             mirrored = maps[n + i, key_t[i]] if cfg.flip else None
             if own.min() < 0 or (mirrored is not None and mirrored.min() < 0):
@@ -317,8 +319,11 @@ def extract_batch(model: torch.nn.Module, images: Sequence[np.ndarray], labels: 
     for cams in batch:
         one = {"keys": cams["keys"]}
         for key, size in (("cam", (math.ceil(h / 4), math.ceil(w / 4))), ("high_res", (h, w))):
+            if not len(cams["keys"]):
+                one[key] = np.zeros((0,) + size, np.float32)
+                continue
             m = F.interpolate(torch.from_numpy(cams[key])[None], size, mode="bilinear", align_corners=False)[0]
-            m /= m.flatten(1).max(1)[0][:, None, None] + 1e-5 if len(cams["keys"]) else 1
+            m /= m.flatten(1).max(1)[0][:, None, None] + 1e-5
             one[key] = m.numpy()
         out.append(one)
     return out
