@@ -321,3 +321,19 @@ def test_calibrated_ir_labels_equal_ir_labels_at_the_mapped_thresholds(toy_root,
     with pytest.raises(ConfigError, match="eval-cam"):
         make_pseudo(MakePseudoConfig(**base, calibrate_from=str(tmp_path / "nowhere"), out=str(tmp_path / "x")),
                     progress=False)
+
+
+@pytest.mark.parametrize("refine", ["none", "crf", "ir-label"])
+def test_an_image_without_classes_is_all_background(toy_root, tmp_path, refine):
+    """A CAM file with no keys (extract-cam writes one for an image whose label lists no class) gives an
+    all-background mask; the CRF modes used to stop on pydensecrf's one-label division by zero."""
+    ds = _write_cams(toy_root, tmp_path / "cams")
+    first = ds.ids[0]
+    c = np.load(tmp_path / "cams" / f"{first}.npz")
+    save_cam(tmp_path / "cams" / f"{first}.npz", {"keys": np.zeros(0, np.int64), "cam": c["cam"][:0],
+                                                  "high_res": c["high_res"][:0]})
+    out = make_pseudo(MakePseudoConfig(data=DataConfig(root=str(toy_root), split="val"), cam_dir=str(tmp_path / "cams"),
+                                       refine=refine, workers=1, out=str(tmp_path / refine)), progress=False)
+    assert not read_mask(out / f"{first}.png").any()
+    assert len(list(out.glob("*.png"))) == len(ds.ids)
+    assert any(read_mask(out / f"{i}.png").any() for i in ds.ids[1:])  # the others keep their classes

@@ -86,6 +86,8 @@ def crf_refine_cams(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, thres
     Returns an (H, W) uint8 mask.
     """
     keys = np.asarray(keys, dtype=np.int64)
+    if not len(keys):  # an image without classes: all background (a one-label CRF, which pydensecrf refuses)
+        return np.zeros(image.shape[:2], np.uint8)
     local = cam_to_mask(cams, np.arange(1, len(keys) + 1), threshold)  # 0..n, compact for the CRF
     refined = crf_labels(image, local, len(keys) + 1)
     lut = np.concatenate([[0], keys]).astype(np.uint8)
