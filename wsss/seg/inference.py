@@ -48,22 +48,12 @@ def slide_probs(model: torch.nn.Module, x: torch.Tensor, crop: int, stride: int)
 
 
 @torch.no_grad()
-def segment(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    *,
-    base_size: int,
-    scales: tuple[float, ...] = (1.0,),
-    flip: bool = False,
-    mode: str = "whole",
-    crop: int = 512,
-    stride: int = 341,
-) -> torch.Tensor:
+def segment(model: torch.nn.Module, image: np.ndarray, **kwargs) -> torch.Tensor:
     """Averaged class probabilities of one image, ``image`` (H, W, 3) uint8 ->
-    (K, H, W) float32 on the model's device. With ``flip`` the image and its mirror go through the
-    network as one batch of two (one forward per scale or window instead of two)."""
-    return segment_batch(model, [image], base_size=base_size, scales=scales, flip=flip, mode=mode, crop=crop,
-                         stride=stride)[0]
+    (K, H, W) float32 on the model's device; ``kwargs`` are :func:`segment_batch`'s (``base_size``,
+    ``scales``, ``flip``, ``mode``, ``crop``, ``stride``). With ``flip`` the image and its mirror go
+    through the network as one batch of two (one forward per scale or window instead of two)."""
+    return segment_batch(model, [image], **kwargs)[0]
 
 
 @torch.no_grad()
