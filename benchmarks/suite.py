@@ -14,7 +14,7 @@ Rows (random weights and inputs: speed does not depend on them):
   wsss's stencil walk and IRN's dense N x N form (on a GPU; on a CPU it needs GBs and minutes);
 * make-pseudo --refine irn per image, 375 x 500, 2 classes: IRNet boundary (ResNet-50, image +
   flip; also with ``--boundary-batch`` 4), random walk, IRN's post-processing, IR labels (two dense CRFs, CPU);
-* predict per image, 375 x 500 with its mirror, PCAA and DeepLab v2 on ResNet-101, one by one and
+* predict per image, 375 x 500 with its mirror, PCAA, FCN and DeepLab v2 on ResNet-101, one by one and
   with ``--batch-size`` 4;
 * extract-cam and predict batched under autocast (float16 on a GPU; bfloat16 on a CPU, where the
   row only shows the path runs), with the largest difference from fp32 (#16 item 3 asks for AMP
@@ -22,8 +22,12 @@ Rows (random weights and inputs: speed does not depend on them):
   of labels that change overstates a trained network's;
 * training, seconds per step and images per second: train-cls Conformer-S/16 at crop 384 and
   ResNet-50 at crop 512 (batch 16), train-irn ResNet-50 at crop 512 (batch 32), train-seg PCAA,
-  FCN and DeepLab v2 on ResNet-101 at crop 512 (batch 8), each in fp32 and with AMP (bf16) on a GPU;
+  FCN and DeepLab v2 on ResNet-101 at crop 512 (batch 16, the VOC recipes'), each in fp32 and with AMP (bf16) on a GPU;
+* eval-cam's threshold sweep and eval's confusion matrix per image (CPU);
 * the peak GPU memory of each row.
+
+``--json FILE`` also writes the rows with their sizes; ``benchmarks/voc_budget.py FILE`` projects
+from them the time of each step of the VOC recipes (README "VOC time budget").
 
 Times are means over ``--repeat`` runs after one warm-up; everything runs in this one process,
 side by side, so ratios between rows are meaningful on a noisy machine.
@@ -31,11 +35,12 @@ side by side, so ratios between rows are meaningful on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +52,7 @@ PROFILES = {
     # image size, walk sizes, classifier / IRNet / segmenter specs and crops, batch sizes, repeats
     "full": dict(image=(375, 500), walks=[(375, 500), (640, 640)], conformer="conformer_s16", resnet="resnet50",
                  seg_backbone="resnet101_v1c", cls_crop=384, r50_crop=512, irn_crop=512, seg_crop=512,
-                 cls_batch=16, irn_batch=32, seg_batch=8, images=4, repeat=3, dense_walk=True),
+                 cls_batch=16, irn_batch=32, seg_batch=16, images=4, repeat=3, dense_walk=True),
     "quick": dict(image=(375, 500), walks=[(375, 500)], conformer="conformer_s16", resnet="resnet50",
                   seg_backbone="resnet50_v1c", cls_crop=224, r50_crop=256, irn_crop=256, seg_crop=256,
                   cls_batch=2, irn_batch=2, seg_batch=2, images=1, repeat=1, dense_walk=False),
@@ -65,6 +70,9 @@ class Row:
     unit: str
     peak_mib: float | None
     note: str = ""
+    # machine-readable: what ``voc_budget.py`` looks the row up by, and the sizes it was measured at
+    key: str = ""
+    params: dict = field(default_factory=dict)
 
 
 def _sync(device: torch.device) -> None:
@@ -114,6 +122,9 @@ def cam_rows(p: dict, device: torch.device) -> list[Row]:
                 for image in images:
                     compute_cams(model, image, label, cfg, device)
 
+        family = "conformer" if model_name == p["conformer"] else "resnet"
+        key = f"extract-cam:{method}:{family}"
+        params = dict(model=model_name, image=[h, w], scales=list(scales), flip=True)
         seconds, peak = measure(run, device, p["repeat"])
         seconds /= len(images)
         note = ""
@@ -122,7 +133,7 @@ def cam_rows(p: dict, device: torch.device) -> list[Row]:
         elif method == "adcam" and cam_time:
             note = f"{seconds / cam_time:.2f}x CAM (AD-CAM Table 2: 2.2x)"
         rows.append(Row(f"extract-cam {method}", f"{model_name}, {h}x{w}, 4 scales + flip", seconds, "s / image",
-                        peak, note))
+                        peak, note, key, params))
         if len(images) > 1:  # --batch-size N: the N images (and their mirrors) in one forward per scale
 
             def batched():
@@ -133,7 +144,8 @@ def cam_rows(p: dict, device: torch.device) -> list[Row]:
             seconds, peak = measure(batched, device, p["repeat"])
             seconds /= len(images)
             rows.append(Row(f"extract-cam {method}, --batch-size {len(images)}", f"{model_name}, {h}x{w}, 4 scales + flip",
-                            seconds, "s / image", peak, f"{seconds / one_by_one:.2f}x one by one"))
+                            seconds, "s / image", peak, f"{seconds / one_by_one:.2f}x one by one", key + ":batch",
+                            {**params, "batch": len(images)}))
             seconds = one_by_one
         # AMP (issue #16 item 3: worth it where the maps stay within 1e-3 of fp32; AD-CAM's matrices
         # stay fp32 inside adcam.py): the batched forward under autocast, and its largest deviation
@@ -151,7 +163,8 @@ def cam_rows(p: dict, device: torch.device) -> list[Row]:
         amp_s, peak = measure(amp_run, device, p["repeat"])
         rows.append(Row(f"extract-cam {method}, --batch-size {len(images)}, AMP {str(dtype)[6:]}",
                         f"{model_name}, {h}x{w}, 4 scales + flip", amp_s / len(images), "s / image", peak,
-                        f"{amp_s / len(images) / seconds:.2f}x fp32 one by one; max abs diff {diff:.1e}"))
+                        f"{amp_s / len(images) / seconds:.2f}x fp32 one by one; max abs diff {diff:.1e}", key + ":amp",
+                        {**params, "batch": len(images), "amp": str(dtype)[6:], "max_abs_diff": diff}))
         del model
     return rows
 
@@ -171,7 +184,8 @@ def walk_rows(p: dict, device: torch.device) -> list[Row]:
             random_walk(x, boundary_to_affinity(b), exp_times=EXP_TIMES, dtype=torch.float32)
 
         seconds, peak = measure(stencil, device, p["repeat"])
-        rows.append(Row("random walk (stencil)", f"{h}x{w} ({hs}x{ws} grid), fp32", seconds, "s / image", peak))
+        rows.append(Row("random walk (stencil)", f"{h}x{w} ({hs}x{ws} grid), fp32", seconds, "s / image", peak, "",
+                        f"walk:stencil:{h}x{w}", dict(image=[h, w])))
         if p["dense_walk"] and (device.type == "cuda" or hs * ws <= 4096):
 
             def dense():
@@ -182,7 +196,7 @@ def walk_rows(p: dict, device: torch.device) -> list[Row]:
 
             dense_s, dense_peak = measure(dense, device, 1)
             rows.append(Row("random walk (IRN's dense)", f"{h}x{w}, fp32", dense_s, "s / image", dense_peak,
-                            f"{dense_s / seconds:.1f}x the stencil walk's time"))
+                            f"{dense_s / seconds:.1f}x the stencil walk's time", f"walk:dense:{h}x{w}", dict(image=[h, w])))
     return rows
 
 
@@ -215,17 +229,20 @@ def pseudo_rows(p: dict, device: torch.device) -> list[Row]:
         state["rw"] = propagate(cam, state["b"])
 
     rows = []
-    for name, fn in (("IRNet boundary", boundary), ("random walk", walk),
-                     ("post-processing", lambda: irn_postprocess(state["rw"], keys, (h, w))),
-                     ("IR labels (2 dense CRFs, CPU)", lambda: ir_label(image, high, keys + 1))):
+    for name, key, fn in (("IRNet boundary", "boundary", boundary), ("random walk", "walk", walk),
+                          ("post-processing", "post", lambda: irn_postprocess(state["rw"], keys, (h, w))),
+                          ("IR labels (2 dense CRFs, CPU)", "ir-label", lambda: ir_label(image, high, keys + 1))):
         seconds, peak = measure(fn, device, p["repeat"])
-        rows.append(Row(f"make-pseudo: {name}", f"{p['resnet']}, {h}x{w}, 2 classes", seconds, "s / image", peak))
+        params = dict(model=p["resnet"], image=[h, w], classes=2)
+        rows.append(Row(f"make-pseudo: {name}", f"{p['resnet']}, {h}x{w}, 2 classes", seconds, "s / image", peak, "",
+                        f"make-pseudo:{key}", params))
         if name == "IRNet boundary" and p["images"] > 1:  # --boundary-batch N: N images in one forward
             one_by_one, n = seconds, p["images"]
             with torch.no_grad():
                 seconds, peak = measure(lambda: infer_boundary_batch(net, [image] * n), device, p["repeat"])
             rows.append(Row(f"make-pseudo: IRNet boundary, --boundary-batch {n}", f"{p['resnet']}, {h}x{w}",
-                            seconds / n, "s / image", peak, f"{seconds / n / one_by_one:.2f}x one by one"))
+                            seconds / n, "s / image", peak, f"{seconds / n / one_by_one:.2f}x one by one",
+                            "make-pseudo:boundary:batch", {**params, "batch": n}))
     return rows
 
 
@@ -240,10 +257,11 @@ def predict_rows(p: dict, device: torch.device) -> list[Row]:
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(p["images"])]
     kw = dict(base_size=p["seg_crop"], flip=True)
     rows = []
-    for head in ("pcaa", "deeplabv2"):
+    for head in ("pcaa", "fcn", "deeplabv2"):
         torch.manual_seed(0)
         net = build_from_config(TrainSegConfig(head=head, backbone=p["seg_backbone"]), 21).to(device).eval()
         setting = f"{head}:{p['seg_backbone']}, {h}x{w}, base {p['seg_crop']}, flip"
+        params = dict(model=f"{head}:{p['seg_backbone']}", image=[h, w], base_size=p["seg_crop"], scales=[1.0], flip=True)
 
         def one_by_one():
             for image in images:
@@ -251,12 +269,12 @@ def predict_rows(p: dict, device: torch.device) -> list[Row]:
 
         seconds, peak = measure(one_by_one, device, p["repeat"])
         seconds /= len(images)
-        rows.append(Row("predict", setting, seconds, "s / image", peak))
+        rows.append(Row("predict", setting, seconds, "s / image", peak, "", f"predict:{head}", params))
         if len(images) > 1:
             batched, peak = measure(lambda: segment_batch(net, images, **kw), device, p["repeat"])
             batched /= len(images)
             rows.append(Row(f"predict, --batch-size {len(images)}", setting, batched, "s / image", peak,
-                            f"{batched / seconds:.2f}x one by one"))
+                            f"{batched / seconds:.2f}x one by one", f"predict:{head}:batch", {**params, "batch": len(images)}))
         dtype = amp_dtype(device)
         with torch.no_grad():
             ref = segment_batch(net, images, **kw)
@@ -272,7 +290,9 @@ def predict_rows(p: dict, device: torch.device) -> list[Row]:
         amp_s, peak = measure(amp_run, device, p["repeat"])
         rows.append(Row(f"predict, --batch-size {len(images)}, AMP {str(dtype)[6:]}", setting, amp_s / len(images),
                         "s / image", peak, f"{amp_s / len(images) / seconds:.2f}x fp32 one by one; max abs diff of "
-                        f"the probabilities {diff:.1e}, {100 * labels:.3f}% of labels differ"))
+                        f"the probabilities {diff:.1e}, {100 * labels:.3f}% of labels differ", f"predict:{head}:amp",
+                        {**params, "batch": len(images), "amp": str(dtype)[6:], "max_abs_diff": diff,
+                         "labels_changed": labels}))
         del net
     return rows
 
@@ -304,17 +324,20 @@ def train_rows(p: dict, device: torch.device) -> list[Row]:
         return step
 
     specs = [
-        ("train-cls", f"{p['conformer']}, crop {p['cls_crop']}", lambda: classifier_step(p["conformer"], p["cls_batch"], p["cls_crop"], device), p["cls_batch"]),
-        ("train-cls", f"{p['resnet']}, crop {p['r50_crop']}", lambda: classifier_step(p["resnet"], p["cls_batch"], p["r50_crop"], device), p["cls_batch"]),
-        ("train-irn", f"{p['resnet']}, crop {p['irn_crop']}", lambda: irn_step(p["irn_batch"], p["irn_crop"]), p["irn_batch"]),
+        ("train-cls", p["conformer"], p["cls_crop"], lambda: classifier_step(p["conformer"], p["cls_batch"], p["cls_crop"], device),
+         p["cls_batch"], "train-cls:conformer"),
+        ("train-cls", p["resnet"], p["r50_crop"], lambda: classifier_step(p["resnet"], p["cls_batch"], p["r50_crop"], device),
+         p["cls_batch"], "train-cls:resnet"),
+        ("train-irn", p["resnet"], p["irn_crop"], lambda: irn_step(p["irn_batch"], p["irn_crop"]), p["irn_batch"], "train-irn"),
     ] + [
-        ("train-seg", f"{head}:{p['seg_backbone']}, crop {p['seg_crop']}",
+        ("train-seg", f"{head}:{p['seg_backbone']}", p["seg_crop"],
          (lambda head=head: segmenter_step(f"{head}:{p['seg_backbone']}", p["seg_batch"], p["seg_crop"], device)),
-         p["seg_batch"])
+         p["seg_batch"], f"train-seg:{head}")
         for head in ("pcaa", "fcn", "deeplabv2")
     ]
     rows = []
-    for stage, setting, build, batch in specs:
+    for stage, model_name, crop, build, batch, key in specs:
+        setting = f"{model_name}, crop {crop}"
         for amp in ((False, True) if device.type == "cuda" else (False,)):
             torch.manual_seed(0)
             step = build()
@@ -325,18 +348,42 @@ def train_rows(p: dict, device: torch.device) -> list[Row]:
 
             seconds, peak = measure(run, device, p["repeat"])
             rows.append(Row(stage, f"{setting}, batch {batch}{', AMP bf16' if amp else ''}", seconds, "s / step", peak,
-                            f"{batch / seconds:.1f} images / s"))
+                            f"{batch / seconds:.1f} images / s", key + (":amp" if amp else ""),
+                            dict(model=model_name, crop=crop, batch=batch, amp="bfloat16" if amp else None)))
             del step
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
 
 
-GROUPS = {"cam": cam_rows, "walk": walk_rows, "pseudo": pseudo_rows, "predict": predict_rows, "train": train_rows}
+def eval_rows(p: dict, device: torch.device) -> list[Row]:
+    """The scoring stages, on the CPU whatever ``--device``: eval-cam's background-threshold sweep
+    (101 thresholds, 2 classes) and eval's confusion matrix, per image of the profile's size."""
+    from wsss.eval.metrics import ConfusionMatrix, ThresholdSweep
+
+    h, w = p["image"]
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 21, (h, w)).astype(np.uint8)
+    cams, keys = rng.random((2, h, w), dtype=np.float32), np.array([4, 12])
+    cpu = torch.device("cpu")
+    sweep, cm = ThresholdSweep(21), ConfusionMatrix(21)
+    rows = []
+    for name, key, fn in (("eval-cam: threshold sweep (CPU)", "eval-cam:sweep", lambda: sweep.update(gt, cams, keys)),
+                          ("eval: confusion matrix (CPU)", "eval:confusion", lambda: cm.update(gt, gt))):
+        seconds, _ = measure(fn, cpu, p["repeat"])
+        rows.append(Row(name, f"{h}x{w}, 21 classes", seconds, "s / image", None, "", key, dict(image=[h, w])))
+    return rows
+
+
+GROUPS = {"cam": cam_rows, "walk": walk_rows, "pseudo": pseudo_rows, "predict": predict_rows, "train": train_rows, "eval": eval_rows}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def table(rows: list[Row], device: torch.device, profile: str, elapsed: float) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = device_name(device)
     head = (f"wsss benchmark suite, profile {profile}: {device.type} ({name}), torch {torch.__version__}, "
             f"CUDA {torch.version.cuda or '-'}, {torch.get_num_threads()} CPU threads; {elapsed:.0f} s\n\n"
             "| stage | setting | time | peak GPU MiB | note |\n| --- | --- | ---: | ---: | --- |\n")
@@ -353,13 +400,15 @@ def main() -> None:
                     help="input sizes [default: full on cuda, quick on cpu]")
     ap.add_argument("--only", nargs="*", choices=sorted(GROUPS), default=sorted(GROUPS), help="row groups to run")
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--json", default=None,
+                    help="also write the rows to this JSON file (the input of benchmarks/voc_budget.py)")
     args = ap.parse_args()
     device = torch.device(args.device)
     profile = args.profile or ("full" if device.type == "cuda" else "quick")
     p = PROFILES[profile]
     t0 = time.perf_counter()
     rows: list[Row] = []
-    for group in ("cam", "walk", "pseudo", "predict", "train"):
+    for group in GROUPS:
         if group in args.only:
             rows += GROUPS[group](p, device)
             print(f"[{group}] done, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -367,6 +416,11 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(
+            profile=profile, device=device.type, device_name=device_name(device), torch=torch.__version__,
+            cuda=torch.version.cuda, threads=torch.get_num_threads(), elapsed_s=time.perf_counter() - t0,
+            rows=[asdict(r) for r in rows]), indent=1))
 
 
 if __name__ == "__main__":

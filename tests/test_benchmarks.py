@@ -115,10 +115,98 @@ def test_seed_table(toy_root, tmp_path, capsys):
 
 
 def test_suite(capsys, tmp_path):
-    out = run_script("suite.py", "--device", "cpu", "--profile", "smoke", "--out", tmp_path / "suite.md", capsys=capsys)
+    out = run_script("suite.py", "--device", "cpu", "--profile", "smoke", "--out", tmp_path / "suite.md",
+                     "--json", tmp_path / "suite.json", capsys=capsys)
     table = (tmp_path / "suite.md").read_text()
     assert table in out and "torch " in table
     for row in ("extract-cam adcam", "extract-cam adcam, --batch-size 2", "predict, --batch-size 2", "extract-cam adcam, --batch-size 2, AMP bfloat16",
                 "predict, --batch-size 2, AMP bfloat16", "IRNet boundary, --boundary-batch 2", "random walk (stencil)", "random walk (IRN's dense)", "make-pseudo: IRNet boundary",
                 "train-irn", "train-seg | deeplabv2"):
         assert row in table, row
+    # the JSON has every row with its key, and the VOC budget reads it: every step of both recipes
+    # gets a time, flagged as rescaled from the smoke profile's tiny models
+    import json
+
+    payload = json.loads((tmp_path / "suite.json").read_text())
+    assert payload["profile"] == "smoke" and len(payload["rows"]) == table.count("\n") - 4
+    assert all(r["key"] and r["seconds"] > 0 for r in payload["rows"] if not r["key"].startswith("eval:"))
+    budget = run_script("voc_budget.py", tmp_path / "suite.json", "--workers", 4, capsys=capsys)
+    assert "rough projection only" in budget and "measured on resnet_tiny" in budget
+    assert "| - |" not in budget.replace("| - | --- |", "") and "not projected" not in budget
+    for step in ("| cls |", "| adcam |", "| cam |", "| seed |", "| pseudo |", "| seg |", "| seg_fcn |", "| pred_fcn |"):
+        assert step in budget, step
+
+
+# The suite rows the VOC budget needs, at the full profile's sizes, each with its own time (seconds)
+FULL_ROWS = {
+    "train-cls:conformer": (0.5, dict(model="conformer_s16", crop=384, batch=16)),
+    "train-cls:resnet": (0.3, dict(model="resnet50", crop=512, batch=16)),
+    "train-irn": (0.7, dict(model="resnet50", crop=512, batch=32)),
+    "train-seg:pcaa": (0.9, dict(model="pcaa:resnet101_v1c", crop=512, batch=16)),
+    "train-seg:fcn": (0.8, dict(model="fcn:resnet101_v1c", crop=512, batch=16)),
+    "extract-cam:cam:conformer": (0.06, dict(model="conformer_s16", image=[375, 500], scales=[1.0, 0.5, 1.5, 2.0], flip=True)),
+    "extract-cam:adcam:conformer": (0.08, dict(model="conformer_s16", image=[375, 500], scales=[1.0, 0.5, 1.5, 2.0], flip=True)),
+    "extract-cam:cam:resnet": (0.05, dict(model="resnet50", image=[375, 500], scales=[1.0, 0.5, 1.5, 2.0], flip=True)),
+    "make-pseudo:ir-label": (2.0, dict(model="resnet50", image=[375, 500])),
+    "make-pseudo:boundary": (0.02, dict(model="resnet50", image=[375, 500])),
+    "make-pseudo:walk": (0.01, dict(image=[375, 500])),
+    "make-pseudo:post": (0.003, dict(image=[375, 500])),
+    "predict:pcaa": (0.04, dict(model="pcaa:resnet101_v1c", image=[375, 500], scales=[1.0], flip=True)),
+    "predict:fcn": (0.03, dict(model="fcn:resnet101_v1c", image=[375, 500], scales=[1.0], flip=True)),
+    "eval-cam:sweep": (0.2, dict(image=[375, 500])),
+    "eval:confusion": (0.004, dict(image=[375, 500])),
+}
+
+
+def _budget(recipe: str, rows=FULL_ROWS, workers=8):
+    sys.path.insert(0, str(BENCH))
+    from voc_budget import Rows, project
+
+    payload = dict(profile="full", device="cuda", torch="x", rows=[dict(key=k, seconds=t, params=p) for k, (t, p) in rows.items()])
+    return project(BENCH.parent / "pipelines" / recipe, Rows(payload), workers)
+
+
+def test_voc_budget():
+    """The projection restated by hand from the recipe's settings: VOC's 10,582 train_aug, 1,464
+    train and 1,449 val images; IRN's four scales with flips in the suite's CAM rows."""
+    t = {k: v[0] for k, v in FULL_ROWS.items()}
+    est = {(e.step, e.part.split(" (")[0]): e.seconds for e in _budget("voc_r50_cam_irn.yaml")}
+    sq = 1 + 0.25 + 2.25 + 4  # the suite's scales' squared factors
+    expected = {
+        ("cls", "train-cls resnet50"): 10582 // 16 * 5 * t["train-cls:resnet"],
+        ("cls", "val passes"): 1449 * 5 * t["extract-cam:cam:resnet"] / (2 * sq),
+        ("cam", "cam"): 10582 * t["extract-cam:cam:resnet"],
+        ("seed", "seed sweep"): 1464 * t["eval-cam:sweep"] * 96 / 101,  # 0.00 .. 0.95 by 0.01
+        ("pseudo", "IR labels"): 10582 * t["make-pseudo:ir-label"] / 8,
+        ("pseudo", "train IRNet"): 10582 // 32 * 3 * t["train-irn"],
+        ("pseudo", "boundary maps"): 10582 * t["make-pseudo:boundary"],
+        ("pseudo", "random walk + post-processing"): 10582 * (t["make-pseudo:walk"] + t["make-pseudo:post"]),
+        ("pl", "scoring"): 1464 * t["eval:confusion"],
+        ("seg_pcaa", "train-seg pcaa:resnet101_v1c"): 20000 * t["train-seg:pcaa"],
+        # 20,000 iterations are 30 epochs of 661: val_every 100 epochs leaves the final pass only
+        ("seg_pcaa", "val passes"): 1449 * t["predict:pcaa"] / 2,
+        ("seg_fcn", "train-seg fcn:resnet101_v1c"): 20000 * t["train-seg:fcn"],
+        ("pred_pcaa", "predict pcaa"): 1449 * t["predict:pcaa"] * (0.25 + 0.5625 + 1 + 1.5625 + 2.25 + 3.0625),
+        ("val_fcn", "scoring"): 1449 * t["eval:confusion"],
+    }
+    for k, v in expected.items():
+        assert est[k] == pytest.approx(v), k
+    ad = {(e.step, e.part.split(" (")[0]): e.seconds for e in _budget("voc_adcam_irn_pcaa.yaml")}
+    assert ad[("cls", "train-cls conformer_s16")] == pytest.approx(10582 // 16 * 5 * t["train-cls:conformer"])
+    assert ad[("adcam", "adcam")] == pytest.approx(10582 * t["extract-cam:adcam:conformer"])
+
+
+def test_voc_budget_rescales_other_sizes_and_names_missing_rows():
+    rows = dict(FULL_ROWS)
+    t, p = rows.pop("train-seg:pcaa")
+    rows["train-seg:fcn"] = (0.8, dict(model="fcn:resnet50_v1c", crop=256, batch=4))
+    t_cam, p_cam = rows["extract-cam:cam:resnet"]
+    rows["extract-cam:cam:resnet"] = (t_cam, {**p_cam, "image": [75, 100]})
+    est = {(e.step, e.part.split(" (")[0]): e for e in _budget("voc_r50_cam_irn.yaml", rows)}
+    pcaa = est[("seg_pcaa", "train-seg pcaa:resnet101_v1c")]
+    assert pcaa.seconds is None and "no suite row 'train-seg:pcaa'" in pcaa.basis
+    fcn = est[("seg_fcn", "train-seg fcn:resnet101_v1c")]
+    assert fcn.seconds == pytest.approx(20000 * 0.8 * (16 * 512**2) / (4 * 256**2))
+    assert "measured on fcn:resnet50_v1c" in fcn.basis and "rescaled from batch 4, crop 256" in fcn.basis
+    cam = est[("cam", "cam")]
+    assert cam.seconds == pytest.approx(10582 * t_cam * 25) and "rescaled from 75x100" in cam.basis
