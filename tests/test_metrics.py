@@ -102,3 +102,34 @@ def test_to_dict_percent_and_null_for_absent():
     assert d["per_class"]["b"]["IoU"] is None
     assert d["per_class"]["bg"]["IoU"] == pytest.approx(75.0)
     assert "mean" in m.table()
+
+
+def test_threshold_sweep_equals_thresholding_at_each_value_with_ties_ignore_and_empty_keys():
+    """The histogram sweep against thresholding at each t, one confusion matrix per t: values
+    exactly on a threshold (background there), ignored pixels, an image without classes, and
+    thresholds given out of order (each keeps its own matrix)."""
+    rng = np.random.default_rng(7)
+    thresholds = [0.5, 0.1, 0.3, 0.0, 0.95]
+    items = []
+    for i in range(6):
+        gt = rng.integers(0, 6, size=(9, 11)).astype(np.uint8)
+        gt[rng.random(gt.shape) < 0.1] = 255
+        n = 0 if i == 2 else int(rng.integers(1, 4))
+        keys = np.sort(rng.choice(np.arange(1, 6), size=n, replace=False))
+        cams = rng.choice(np.array([0.0, 0.1, 0.3, 0.31, 0.5, 0.7, 0.95, 1.0], np.float32), size=(n, 9, 11))
+        items.append((gt, cams, keys))
+    sweep = ThresholdSweep(6, thresholds)
+    for gt, cams, keys in items:
+        sweep.update(gt, cams, keys)
+    for t, cm in zip(thresholds, sweep.matrices):
+        direct = ConfusionMatrix(6)
+        for gt, cams, keys in items:
+            pred = np.zeros(gt.shape, np.int64)
+            for y in range(gt.shape[0]):
+                for x in range(gt.shape[1]):
+                    if len(keys) and cams[:, y, x].max() > np.float32(t):  # in float32, as cam_to_mask
+                        pred[y, x] = keys[int(np.argmax(cams[:, y, x]))]
+            direct.update(gt, pred)
+        np.testing.assert_array_equal(cm.mat, direct.mat)
+    with pytest.raises(ValueError, match="outside 0..5"):
+        sweep.update(np.full((9, 11), 7, np.uint8), items[0][1], items[0][2])
