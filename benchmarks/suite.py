@@ -16,8 +16,8 @@ Rows (random weights and inputs: speed does not depend on them):
   flip; also with ``--boundary-batch`` 4), random walk, IRN's post-processing, IR labels (two dense CRFs, CPU);
 * predict per image, 375 x 500 with its mirror, PCAA, FCN and DeepLab v2 on ResNet-101, one by one and
   with ``--batch-size`` 4;
-* extract-cam and predict batched under autocast (float16 on a GPU; bfloat16 on a CPU, where the
-  row only shows the path runs), with the largest difference from fp32 (#16 item 3 asks for AMP
+* extract-cam, the IRNet boundary and predict batched with ``--amp`` (autocast: float16 on a GPU;
+  bfloat16 on a CPU, where the row only shows the path runs), with the largest difference from fp32 (#16 item 3 asks for AMP
   where it stays within 1e-3); with random weights the probabilities are near uniform, so the share
   of labels that change overstates a trained network's;
 * training, seconds per step and images per second: train-cls Conformer-S/16 at crop 384 and
@@ -40,13 +40,15 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from wsss.engine.precision import inference_amp_dtype  # noqa: E402
 
 PROFILES = {
     # image size, walk sizes, classifier / IRNet / segmenter specs and crops, batch sizes, repeats
@@ -93,12 +95,6 @@ def measure(fn, device: torch.device, repeat: int) -> tuple[float, float | None]
     seconds = (time.perf_counter() - t0) / repeat
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return seconds, peak
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """The inference AMP rows' autocast type: float16 on a GPU; bfloat16 on a CPU, where the rows only
-    check that the path runs (CPU autocast has no float16 matmuls)."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def cam_rows(p: dict, device: torch.device) -> list[Row]:
@@ -149,16 +145,16 @@ def cam_rows(p: dict, device: torch.device) -> list[Row]:
             seconds = one_by_one
         # AMP (issue #16 item 3: worth it where the maps stay within 1e-3 of fp32; AD-CAM's matrices
         # stay fp32 inside adcam.py): the batched forward under autocast, and its largest deviation
-        dtype = amp_dtype(device)
+        dtype = inference_amp_dtype(device)
+        amp_cfg = replace(cfg, amp=True)  # extract-cam --amp
         with torch.no_grad():
             ref = [compute_cams(model, image, label, cfg, device)["high_res"] for image in images]
-            with torch.autocast(device.type, dtype=dtype):
-                amp = compute_cams_batch(model, images, [label] * len(images), cfg, device)
+            amp = compute_cams_batch(model, images, [label] * len(images), amp_cfg, device)
         diff = max(float(np.abs(a["high_res"] - r).max()) for a, r in zip(amp, ref))
 
         def amp_run():
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
-                compute_cams_batch(model, images, [label] * len(images), cfg, device)
+            with torch.no_grad():
+                compute_cams_batch(model, images, [label] * len(images), amp_cfg, device)
 
         amp_s, peak = measure(amp_run, device, p["repeat"])
         rows.append(Row(f"extract-cam {method}, --batch-size {len(images)}, AMP {str(dtype)[6:]}",
@@ -243,6 +239,16 @@ def pseudo_rows(p: dict, device: torch.device) -> list[Row]:
             rows.append(Row(f"make-pseudo: IRNet boundary, --boundary-batch {n}", f"{p['resnet']}, {h}x{w}",
                             seconds / n, "s / image", peak, f"{seconds / n / one_by_one:.2f}x one by one",
                             "make-pseudo:boundary:batch", {**params, "batch": n}))
+            dtype = inference_amp_dtype(device)  # make-pseudo --amp: the batched forward under autocast
+            with torch.no_grad():
+                ref = infer_boundary_batch(net, [image] * n)
+                diff = float((infer_boundary_batch(net, [image] * n, amp=True) - ref).abs().max())
+                amp_s, peak = measure(lambda: infer_boundary_batch(net, [image] * n, amp=True), device, p["repeat"])
+            rows.append(Row(f"make-pseudo: IRNet boundary, --boundary-batch {n}, AMP {str(dtype)[6:]}",
+                            f"{p['resnet']}, {h}x{w}", amp_s / n, "s / image", peak,
+                            f"{amp_s / n / one_by_one:.2f}x fp32 one by one; max abs diff {diff:.1e}",
+                            "make-pseudo:boundary:amp", {**params, "batch": n, "amp": str(dtype)[6:],
+                                                         "max_abs_diff": diff}))
     return rows
 
 
@@ -275,17 +281,16 @@ def predict_rows(p: dict, device: torch.device) -> list[Row]:
             batched /= len(images)
             rows.append(Row(f"predict, --batch-size {len(images)}", setting, batched, "s / image", peak,
                             f"{batched / seconds:.2f}x one by one", f"predict:{head}:batch", {**params, "batch": len(images)}))
-        dtype = amp_dtype(device)
-        with torch.no_grad():
+        dtype = inference_amp_dtype(device)
+        with torch.no_grad():  # predict --amp
             ref = segment_batch(net, images, **kw)
-            with torch.autocast(device.type, dtype=dtype):
-                amp = segment_batch(net, images, **kw)
+            amp = segment_batch(net, images, amp=True, **kw)
         diff = float((amp.float() - ref).abs().max())
         labels = float((amp.argmax(1) != ref.argmax(1)).float().mean())
 
         def amp_run():
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
-                segment_batch(net, images, **kw)
+            with torch.no_grad():
+                segment_batch(net, images, amp=True, **kw)
 
         amp_s, peak = measure(amp_run, device, p["repeat"])
         rows.append(Row(f"predict, --batch-size {len(images)}, AMP {str(dtype)[6:]}", setting, amp_s / len(images),

@@ -148,6 +148,16 @@ def _forward_key(rows: Rows, family: str) -> tuple[str, float]:
     return key, (1.0 / (_sq(row["params"]["scales"]) * (2 if row["params"].get("flip") else 1)) if row else 1.0)
 
 
+def _variant(rows: Rows, key: str, batch: int = 1, amp: bool = False) -> str:
+    """The suite row a step's settings run as: ``KEY:amp`` with ``amp`` (the suite's inference AMP rows
+    are batched), else ``KEY:batch`` for a batch above one, where the suite measured them."""
+    if amp and rows.get(key + ":amp"):
+        return key + ":amp"
+    if batch > 1 and rows.get(key + ":batch"):
+        return key + ":batch"
+    return key
+
+
 def project(recipe_path: str | Path, rows: Rows, workers: int, images: dict[str, int] | None = None) -> list[Estimate]:
     """Every step of the recipe with its projected seconds (``None`` where the suite has no row)."""
     images = {**IMAGES, **(images or {})}
@@ -164,7 +174,8 @@ def project(recipe_path: str | Path, rows: Rows, workers: int, images: dict[str,
         if step.stage == "train_cls":
             n = images[cfg.data.split]
             fam = _family(cfg.model)
-            out.append(_per_step(rows, name, f"train-cls {cfg.model}", f"train-cls:{fam}", n // cfg.batch_size * cfg.epochs,
+            out.append(_per_step(rows, name, f"train-cls {cfg.model}", _variant(rows, f"train-cls:{fam}", amp=cfg.amp),
+                                 n // cfg.batch_size * cfg.epochs,
                                  cfg.batch_size, cfg.crop, cfg.model, IRN_LOG["train_cls"] if fam == "resnet" else ""))
             if cfg.val_split:
                 key, f = _forward_key(rows, fam)
@@ -172,9 +183,7 @@ def project(recipe_path: str | Path, rows: Rows, workers: int, images: dict[str,
                                       note="single-scale forward", model=cfg.model))
         elif step.stage == "extract_cam":
             model = cfgs[by_out[cfg.cls_dir].name].model
-            key = f"extract-cam:{cfg.method}:{_family(model)}"
-            if cfg.batch_size > 1 and rows.get(key + ":batch"):
-                key += ":batch"
+            key = _variant(rows, f"extract-cam:{cfg.method}:{_family(model)}", cfg.batch_size, cfg.amp)
             row = rows.get(key)
             f = _sq(cfg.scales) * (2 if cfg.flip else 1) / (_sq(row["params"]["scales"]) * 2) if row else 1.0
             out.append(_per_image(rows, name, f"{cfg.method} ({model})", key, images[cfg.data.split], f,
@@ -193,9 +202,10 @@ def project(recipe_path: str | Path, rows: Rows, workers: int, images: dict[str,
             out.append(_per_image(rows, name, "IR labels (CPU)", "make-pseudo:ir-label", n, divide=workers,
                                   irn=IRN_LOG["ir-label"]))
             irn = cfg.irn
-            out.append(_per_step(rows, name, f"train IRNet ({irn.backbone})", "train-irn", n // irn.batch_size * irn.epochs,
+            out.append(_per_step(rows, name, f"train IRNet ({irn.backbone})", _variant(rows, "train-irn", amp=irn.amp),
+                                 n // irn.batch_size * irn.epochs,
                                  irn.batch_size, irn.crop, irn.backbone, IRN_LOG["train-irn"]))
-            key = "make-pseudo:boundary" + (":batch" if cfg.boundary_batch > 1 and rows.get("make-pseudo:boundary:batch") else "")
+            key = _variant(rows, "make-pseudo:boundary", cfg.boundary_batch, cfg.amp)
             out.append(_per_image(rows, name, "boundary maps", key, n, model=irn.backbone))
             walk = _per_image(rows, name, "random walk + post-processing", "make-pseudo:walk", n,
                               irn=IRN_LOG["walk"])
@@ -212,7 +222,7 @@ def project(recipe_path: str | Path, rows: Rows, workers: int, images: dict[str,
             out.append(_per_image(rows, name, "scoring", "eval:confusion", images.get(split, images["val"])))
         elif step.stage == "train_seg":
             model = f"{cfg.head}:{cfg.backbone}"
-            out.append(_per_step(rows, name, f"train-seg {model}", f"train-seg:{cfg.head}",
+            out.append(_per_step(rows, name, f"train-seg {model}", _variant(rows, f"train-seg:{cfg.head}", amp=cfg.amp),
                                  cfg.iterations, cfg.batch_size, cfg.crop, model))
             if cfg.val_split:
                 epochs = cfg.iterations / max(1, images[cfg.data.split] // cfg.batch_size)
@@ -227,7 +237,7 @@ def project(recipe_path: str | Path, rows: Rows, workers: int, images: dict[str,
                 out.append(Estimate(name, f"predict {head}", images[cfg.data.split], "images", None,
                                     "slide mode not projected"))
                 continue
-            key = f"predict:{head}" + (":batch" if cfg.batch_size > 1 and rows.get(f"predict:{head}:batch") else "")
+            key = _variant(rows, f"predict:{head}", cfg.batch_size, cfg.amp)
             out.append(_per_image(rows, name, f"predict {head}", key, images[cfg.data.split], f,
                                   note=f"x {f:.2f} for {len(cfg.scales)} scales{' + flip' if cfg.flip else ''}",
                                   model=f"{head}:{seg.backbone}"))

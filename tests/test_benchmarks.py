@@ -210,3 +210,41 @@ def test_voc_budget_rescales_other_sizes_and_names_missing_rows():
     assert "measured on fcn:resnet50_v1c" in fcn.basis and "rescaled from batch 4, crop 256" in fcn.basis
     cam = est[("cam", "cam")]
     assert cam.seconds == pytest.approx(10582 * t_cam * 25) and "rescaled from 75x100" in cam.basis
+
+
+def test_voc_budget_takes_the_amp_and_batch_rows_a_step_runs_as(tmp_path):
+    """A recipe step with --amp is projected from the suite's AMP row of its stage (the inference AMP
+    rows are batched), one with a batch size from its batched row; without either, the plain row."""
+    import yaml
+
+    recipe = yaml.safe_load((BENCH.parent / "pipelines" / "voc_r50_cam_irn.yaml").read_text())
+    steps = {s["name"]: s["settings"] for s in recipe["steps"]}
+    steps["cls"]["amp"] = steps["cam"]["amp"] = steps["pseudo"]["amp"] = steps["seg_pcaa"]["amp"] = True
+    steps["pseudo"].setdefault("irn", {})["amp"] = True
+    steps["pred_pcaa"]["amp"] = True
+    steps["pred_fcn"]["batch_size"] = 4
+    path = tmp_path / "voc_r50_cam_irn.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    rows = dict(FULL_ROWS)
+    for key in ("train-cls:resnet", "extract-cam:cam:resnet", "train-irn", "make-pseudo:boundary", "train-seg:pcaa",
+                "predict:pcaa", "predict:fcn"):
+        seconds, params = rows[key]
+        rows[key + ":amp"] = (seconds / 2, params)
+        rows[key + ":batch"] = (seconds / 3, params)
+    sys.path.insert(0, str(BENCH))
+    from voc_budget import Rows, project
+
+    payload = dict(profile="full", device="cuda", torch="x",
+                   rows=[dict(key=k, seconds=t, params=p) for k, (t, p) in rows.items()])
+    est = {(e.step, e.part.split(" (")[0]): e for e in project(path, Rows(payload), 8)}
+    t = {k: v[0] for k, v in FULL_ROWS.items()}
+    assert est[("cls", "train-cls resnet50")].seconds == pytest.approx(10582 // 16 * 5 * t["train-cls:resnet"] / 2)
+    assert est[("cam", "cam")].seconds == pytest.approx(10582 * t["extract-cam:cam:resnet"] / 2)
+    assert est[("pseudo", "train IRNet")].seconds == pytest.approx(10582 // 32 * 3 * t["train-irn"] / 2)
+    assert est[("pseudo", "boundary maps")].seconds == pytest.approx(10582 * t["make-pseudo:boundary"] / 2)
+    assert "(make-pseudo:boundary:amp)" in est[("pseudo", "boundary maps")].basis
+    assert est[("seg_pcaa", "train-seg pcaa:resnet101_v1c")].seconds == pytest.approx(20000 * t["train-seg:pcaa"] / 2)
+    assert est[("seg_fcn", "train-seg fcn:resnet101_v1c")].seconds == pytest.approx(20000 * t["train-seg:fcn"])
+    scales = 0.25 + 0.5625 + 1 + 1.5625 + 2.25 + 3.0625
+    assert est[("pred_pcaa", "predict pcaa")].seconds == pytest.approx(1449 * t["predict:pcaa"] / 2 * scales)
+    assert est[("pred_fcn", "predict fcn")].seconds == pytest.approx(1449 * t["predict:fcn"] / 3 * scales)

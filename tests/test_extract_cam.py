@@ -386,3 +386,56 @@ def test_an_image_without_classes_gets_empty_maps(cls_dirs):
 
     small = extract_batch(model, images, labels, replace(cfg, max_side=26), torch.device("cpu"))  # the downscaled path
     assert small[0]["high_res"].shape == (0, 40, 52) and small[1]["high_res"].shape == (1, 40, 52)
+
+
+
+def test_amp_extraction_stays_near_float32_and_is_part_of_the_manifest(cls_dirs, toy_root, tmp_path):
+    """#16 item 3: --amp runs the forwards under autocast (bfloat16 on this CPU; float16 on a GPU, where
+    benchmarks/suite.py measures the deviation): the maps stay float32, near the fp32 ones, and not
+    equal to them (the autocast ran). A folder made in one precision refuses to be resumed in the
+    other; a manifest written before the option reads as fp32."""
+    import json
+
+    data = DataConfig(kind="voc", root=str(toy_root), split="val")
+    kw = dict(data=data, cls_dir=str(cls_dirs["resnet_tiny"]), method="cam", scales=(1.0, 0.5), device="cpu")
+    fp32, amp = tmp_path / "fp32", tmp_path / "amp"
+    extract_cams(ExtractCamConfig(**kw, out=str(fp32)), progress=False)
+    extract_cams(ExtractCamConfig(**kw, out=str(amp), amp=True), progress=False)
+    ids = VOCDataset(toy_root, "val").ids
+    worst = mean = 0.0
+    for image_id in ids:
+        a, b = load_cam(fp32, image_id), load_cam(amp, image_id)
+        assert np.array_equal(a["keys"], b["keys"]) and b["high_res"].dtype == np.float32
+        d = np.abs(a["high_res"] - b["high_res"])
+        worst, mean = max(worst, float(d.max())), mean + float(d.mean()) / len(ids)
+    assert 0 < worst < 0.1 and mean < 0.01, (worst, mean)
+    assert json.loads((amp / "manifest.json").read_text())["amp"] is True
+    with pytest.raises(ConfigError, match="amp"):
+        extract_cams(ExtractCamConfig(**kw, out=str(amp)), progress=False)
+    manifest = json.loads((fp32 / "manifest.json").read_text())
+    del manifest["amp"]
+    (fp32 / "manifest.json").write_text(json.dumps(manifest))
+    extract_cams(ExtractCamConfig(**kw, out=str(fp32)), progress=False)  # resumes: nothing to do
+
+
+@pytest.mark.parametrize("method", ["cam", "adcam"])
+def test_amp_conformer_maps_stay_near_float32(method):
+    """The same for the Conformer (builtin weights: a from-scratch net's class maps are near zero, and
+    max-normalising them magnifies any rounding). k = 1000 keeps every token: a top-k choice near a
+    tie can flip under any change of precision, a discrete change that no tolerance bounds."""
+    from wsss.cam.extract import compute_cams_batch
+    from wsss.cls.models import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("conformer_tiny", 20, pretrained="builtin:conformer_tiny").eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(3)]
+    label = np.zeros(20, np.float32)
+    label[[3, 11]] = 1
+    cfg = ExtractCamConfig(method=method, scales=(1.0, 0.5), topk=1000)
+    ref = compute_cams_batch(model, images, [label] * 3, cfg, torch.device("cpu"))
+    cfg.amp = True
+    got = compute_cams_batch(model, images, [label] * 3, cfg, torch.device("cpu"))
+    d = [np.abs(a["high_res"] - b["high_res"]) for a, b in zip(ref, got)]
+    assert all(b["high_res"].dtype == np.float32 for b in got)
+    assert 0 < max(float(x.max()) for x in d) < 0.1 and np.mean([x.mean() for x in d]) < 0.01

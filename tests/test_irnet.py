@@ -253,6 +253,21 @@ def test_a_batch_of_images_gets_the_boundaries_each_gets_alone(pad):
         infer_boundary_batch(net, [images[0], images[1][:30]])
 
 
+def test_amp_boundaries_stay_near_float32():
+    """#16 item 3: infer_boundary_batch(amp=True) runs the forwards under autocast (bfloat16 on this
+    CPU): float32 maps within 0.02 of fp32's, and not equal to them (the autocast ran). make-pseudo
+    writes them as 8-bit PNGs (steps of 1/255)."""
+    from wsss.pseudo.irnet import infer_boundary_batch
+
+    net = _tiny_net()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (37, 45, 3), dtype=np.uint8) for _ in range(3)]
+    with torch.no_grad():
+        ref = infer_boundary_batch(net, images, scales=(1.0, 0.5), pad=48)
+        got = infer_boundary_batch(net, images, scales=(1.0, 0.5), pad=48, amp=True)
+    assert got.dtype == torch.float32 and 0 < float((got - ref).abs().max()) < 0.02
+
+
 def test_backbone_by_name_without_weights_warns():
     with pytest.warns(UserWarning, match="from scratch"):
         BoundaryNet("resnet_tiny")

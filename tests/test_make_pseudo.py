@@ -337,3 +337,39 @@ def test_an_image_without_classes_is_all_background(toy_root, tmp_path, refine):
     assert not read_mask(out / f"{first}.png").any()
     assert len(list(out.glob("*.png"))) == len(ds.ids)
     assert any(read_mask(out / f"{i}.png").any() for i in ds.ids[1:])  # the others keep their classes
+
+
+def test_make_pseudo_amp_is_recorded_for_irn_only(toy_root, tmp_path):
+    """--amp (the boundary net's inference under autocast, #16 item 3) is part of an irn folder's
+    manifest: the boundary maps stay within a few 1/255 steps of fp32's, a folder made in one
+    precision is not resumed in the other, and one whose manifest predates the option reads as fp32.
+    The other modes do not use it and leave it out."""
+    import json
+
+    from wsss.pseudo.train_irn import TrainIrnConfig, train_irn
+
+    ds = _write_cams(toy_root, tmp_path / "cams")
+    data = DataConfig(root=str(toy_root), split="val")
+    labels = make_pseudo(MakePseudoConfig(data=data, cam_dir=str(tmp_path / "cams"), refine="ir-label", workers=1,
+                                          out=str(tmp_path / "ir")), progress=False)
+    assert "amp" not in json.loads((labels / "manifest.json").read_text())
+    with pytest.warns(UserWarning, match="scratch"):
+        irn_dir = train_irn(TrainIrnConfig(data=data, ir_labels=str(labels), backbone="resnet_tiny", batch_size=8,
+                                           crop=64, radius=5, max_steps=2, workers=0, device="cpu",
+                                           out=str(tmp_path / "net")),
+                            progress=False)
+    kw = dict(data=data, cam_dir=str(tmp_path / "cams"), refine="irn", irn_dir=str(irn_dir), workers=1, device="cpu")
+    fp32 = make_pseudo(MakePseudoConfig(**kw, out=str(tmp_path / "fp32")), progress=False)
+    amp = make_pseudo(MakePseudoConfig(**kw, amp=True, out=str(tmp_path / "amp")), progress=False)
+    assert json.loads((amp / "manifest.json").read_text())["amp"] is True
+    steps = [np.abs(read_mask(amp / "boundary" / f"{i}.png").astype(int) - read_mask(fp32 / "boundary" / f"{i}.png"))
+             for i in ds.ids]
+    assert max(int(s.max()) for s in steps) <= 6
+    with pytest.raises(ConfigError, match="amp"):
+        make_pseudo(MakePseudoConfig(**kw, out=str(amp)), progress=False)
+    manifest = json.loads((fp32 / "manifest.json").read_text())
+    del manifest["amp"]
+    (fp32 / "manifest.json").write_text(json.dumps(manifest))
+    make_pseudo(MakePseudoConfig(**kw, out=str(fp32)), progress=False)
+    with pytest.raises(ConfigError, match="amp"):
+        make_pseudo(MakePseudoConfig(**kw, amp=True, out=str(fp32)), progress=False)

@@ -36,7 +36,9 @@ def _old_make_pseudo_settings(cfg):
     # boundary_batch was added later, declared RUN_ONLY: the manifests stay what they were
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "overwrite", "device", "boundary_batch")}
     if cfg.refine != "irn":
-        for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad"):
+        # amp (added later: the boundary net's inference precision) is irn's too; a manifest without it
+        # reads as amp false (MASK_FORMAT_IMPLIED, test_make_pseudo_amp_...)
+        for k in ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad", "amp"):
             settings.pop(k)
     else:
         settings["irn"] = {k: v for k, v in settings["irn"].items() if k not in ("workers", "tensorboard")}

@@ -263,6 +263,43 @@ def test_predict_batch_size_writes_the_masks_made_one_by_one(toy_root, tmp_path,
     assert read_mask(tmp_path / "many" / f"{val[0]}.png").shape == (48, 80)
 
 
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_amp_probabilities_stay_near_float32(mode):
+    """#16 item 3: segment_batch(amp=True) runs the forwards under autocast (bfloat16 on this CPU) and
+    averages float32 logits: float32 probabilities that differ from fp32's (the autocast ran) by a
+    small fraction of how far fp32's are from uniform (a random head's are close to uniform)."""
+    from wsss.seg.inference import segment_batch
+
+    torch.manual_seed(0)
+    net = build_from_config(TrainSegConfig(head="pcaa", backbone="resnet_tiny", channels=8, pool_sizes=(2,)), 4).eval()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (45, 61, 3), dtype=np.uint8) for _ in range(3)]
+    kw = dict(base_size=40, scales=(0.75, 1.0), flip=True, mode=mode, crop=32, stride=21)
+    ref, got = segment_batch(net, images, **kw), segment_batch(net, images, amp=True, **kw)
+    assert got.dtype == torch.float32
+    diff, spread = float((got - ref).abs().max()), float((ref - 0.25).abs().max())
+    assert 0 < diff < 0.05 * spread, (diff, spread)
+
+
+def test_predict_amp_is_part_of_the_manifest(toy_root, tmp_path):
+    """A prediction folder made with --amp refuses to be resumed without it (and the reverse); one
+    whose manifest predates the option reads as fp32 and resumes."""
+    out = train_seg(_cfg(toy_root, tmp_path / "run", head="fcn", val_split=None), progress=False)
+    kw = dict(seg_dir=str(out), data=DataConfig(kind="voc", root=str(toy_root), split="val"), device="cpu")
+    predict(PredictConfig(**kw, out=str(tmp_path / "amp"), amp=True), progress=False)
+    assert json.loads((tmp_path / "amp" / "manifest.json").read_text())["amp"] is True
+    with pytest.raises(ConfigError, match="amp"):
+        predict(PredictConfig(**kw, out=str(tmp_path / "amp")), progress=False)
+    predict(PredictConfig(**kw, out=str(tmp_path / "fp32")), progress=False)
+    path = tmp_path / "fp32" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["amp"]
+    path.write_text(json.dumps(manifest))
+    predict(PredictConfig(**kw, out=str(tmp_path / "fp32")), progress=False)
+    with pytest.raises(ConfigError, match="amp"):
+        predict(PredictConfig(**kw, out=str(tmp_path / "fp32"), amp=True), progress=False)
+
+
 @pytest.mark.parametrize("head", ["fcn", "pcaa"])
 def test_train_seg_then_predict_and_eval(toy_root, tmp_path, head):
     out = train_seg(_cfg(toy_root, tmp_path / head, head=head, pool_sizes=(2,)), progress=False)

@@ -354,6 +354,8 @@ EXTRACT_CAM_OPTIONS = {
     "attn_renorm": Opt("AD-CAM: rows of A renormalised to 1 after dropping the cls token, as Sec. 4.3 states."),
     "batch_size": Opt("Images of the same size per forward (with their mirrors); a GPU speed-up, same maps to 1e-5.",
                       min=1),
+    "amp": Opt("Network forwards in float16 autocast on a GPU (bfloat16 on a CPU); AD-CAM's attention stays "
+               "float32. The maps move slightly: benchmarks/suite.py reports by how much."),
     "topk": Opt("AD-CAM: co-neighbours kept per token, k of Eq. 7.", min=1),
     "steps": Opt("AD-CAM: diffusion steps, T of Eq. 8.", min=0),
     "diffusion": Opt("AD-CAM diffusion direction (distribute: the paper's text)."),
@@ -458,6 +460,8 @@ MAKE_PSEUDO_OPTIONS = {
     "save_scores": Opt("irn: also write the walk's score maps (OUT/scores)."),
     "boundary_batch": Opt("irn: images of the same size per boundary-net forward; a GPU speed-up, same maps to 1e-5.",
                           min=1),
+    "amp": Opt("irn: the boundary net's inference in float16 autocast on a GPU (bfloat16 on a CPU); the walk "
+               "stays float64."),
     "mask_format": Opt("PNG masks with the VOC palette, or single-channel index PNGs (for IRN-based code, which "
                        "reads masks with imageio); the IR labels follow it."),
     "device": Opt("irn: where IRNet and the walk run (and the boundary net trains)."),
@@ -621,6 +625,8 @@ PREDICT_OPTIONS = {
     "stride": Opt("slide: window step, pixels; 0 = two thirds of the window.", min=0),
     "crf": Opt("Dense-CRF post-processing."),
     "batch_size": Opt("Images of the same size per forward; a GPU speed-up, same masks.", min=1),
+    "amp": Opt("Forwards in float16 autocast on a GPU (bfloat16 on a CPU); a few labels may change: "
+               "benchmarks/suite.py reports how many."),
     "device": DEVICE,
     "out": Opt("Folder for the palette PNG masks."),
     "overwrite": Opt("Redo images already in --out.", switch=True),

@@ -33,6 +33,7 @@ from wsss.config import ConfigError, check_choices
 from wsss.engine.outputs import ImageOutputs, batches_by_key, output_settings
 from wsss.data import DataConfig, build_dataset, require_background
 from wsss.engine import dist
+from wsss.engine.precision import inference_autocast
 from wsss.cam.files import CAM_FILE_SUFFIX, load_cam, save_cam  # noqa: F401  (re-exported)
 from wsss.io import WsssDataError
 from wsss.registry import Registry
@@ -129,6 +130,9 @@ class ExtractCamConfig:
     batch of 2 x batch_size per scale); a GPU's speed-up. The maps are each image's own (the
     classifier is in eval mode), equal to 1e-5 to those made one by one, so the setting is not part
     of the output's manifest.
+    amp: the network's forwards under autocast, float16 on a GPU (bfloat16 on a CPU;
+    :mod:`wsss.engine.precision`); AD-CAM's attention and Eq. 6-8 stay float32. Off by default (fp32,
+    what the papers' code runs); recorded in the manifest, as the maps move slightly.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -147,6 +151,7 @@ class ExtractCamConfig:
     resize: Literal["pil", "opencv"] = "pil"
     attn_renorm: bool = True
     batch_size: int = 1
+    amp: bool = False
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("overwrite", "device", "batch_size")
     """Settings that do not change the CAMs: left out of the output's manifest (:func:`output_settings`)."""
@@ -208,7 +213,7 @@ def check_memory(model: torch.nn.Module, cfg: "ExtractCamConfig", image_id: str,
 
 
 MANIFEST_IMPLIED = {"file_format": "npz", "max_side": None, "resize": "opencv", "class_names": None,
-                    "attn_renorm": False}
+                    "attn_renorm": False, "amp": False}
 """What a CAM folder's manifest written before ``file_format`` existed means: .npz files."""
 
 
@@ -253,7 +258,8 @@ def compute_cams_batch(
                                        for im in images])).to(device)
         if cfg.flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = method(model, x, cfg).float()
+        with inference_autocast(device, cfg.amp):
+            maps = method(model, x, cfg).float()
         for i in range(n):
             if not len(keys[i]):  # no class: nothing to add (min() and interpolate refuse empty maps)
                 continue

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.data.transforms import normalize
+from wsss.engine.precision import inference_autocast
 from wsss.io import IGNORE_INDEX
 from wsss.models.resnet import CAM_OS16, ResNetBackbone, build_resnet
 from wsss.pseudo.random_walk import stencil_offsets, stencil_paths
@@ -304,12 +305,13 @@ def infer_boundary(
 
 def infer_boundary_batch(
     net: BoundaryNet, images: Sequence[np.ndarray], *, scales: Sequence[float] = (1.0,), flip: bool = True,
-    pad: int = 0,
+    pad: int = 0, amp: bool = False,
 ) -> torch.Tensor:
     """:func:`infer_boundary` of several images of one size in one forward per scale (with
     ``flip``, the images and their mirrors: a batch of 2B) -> ``(B, ceil(H / 4), ceil(W / 4))``.
     The backbone is frozen in eval mode and the head uses GroupNorm, so each image's map is the one
-    it gets alone (to float round-off)."""
+    it gets alone (to float round-off). ``amp``: the forwards under autocast
+    (:mod:`wsss.engine.precision`); the logits are averaged in float32."""
     if net.training:  # eval() walks every module: a tenth of a 128 px image's inference time
         net.eval()
     device = next(net.parameters()).device
@@ -330,7 +332,8 @@ def infer_boundary_batch(
         hs, ws = x.shape[-2:]
         if pad:
             x = F.pad(x, [0, max(0, pad - ws), 0, max(0, pad - hs)])
-        logits = net(x).float()[..., : math.ceil(hs / 4), : math.ceil(ws / 4)]
+        with inference_autocast(device, amp):
+            logits = net(x).float()[..., : math.ceil(hs / 4), : math.ceil(ws / 4)]
         logit = (logits[:n] + logits[n:].flip(-1)) / 2 if flip else logits
         if tuple(logit.shape[-2:]) != size:
             logit = F.interpolate(logit, size, mode="bilinear", align_corners=False)

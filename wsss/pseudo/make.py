@@ -73,7 +73,10 @@ class MakePseudoConfig:
     does by hand (AMN's scripts: conf_fg 0.45, conf_bg 0.15). Default none: IRN's values as given.
     boundary_batch: images of the same size that go through the boundary net together (irn; a
     GPU's speed-up). Each map is the image's own (frozen backbone, GroupNorm head), equal to 1e-5 to
-    the one made alone, so the setting is not part of the output's manifest."""
+    the one made alone, so the setting is not part of the output's manifest.
+    amp: the boundary net's inference under autocast (irn), float16 on a GPU (bfloat16 on a CPU;
+    :mod:`wsss.engine.precision`); the walk stays float64. Off by default; recorded in the manifest.
+    (``irn.amp`` is the boundary net's training.)"""
 
     data: DataConfig = field(default_factory=DataConfig)
     cam_dir: str = "runs/cam"
@@ -95,11 +98,13 @@ class MakePseudoConfig:
     irn_pad: int | None = None
     calibrate_from: str | None = None
     boundary_batch: int = 1
+    amp: bool = False
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("workers", "overwrite", "device", "boundary_batch")
     """Settings that do not change the masks: left out of the output's manifest (:func:`output_settings`;
     of ``irn``, its training config's ``RUN_ONLY``)."""
-    IRN_ONLY: ClassVar[tuple[str, ...]] = ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad")
+    IRN_ONLY: ClassVar[tuple[str, ...]] = ("irn", "irn_dir", "beta", "exp_times", "radius", "save_scores", "irn_pad",
+                                           "amp")
     """Settings only ``refine: irn`` uses: left out of the other modes' manifests."""
 
 
@@ -196,7 +201,8 @@ def _masks_image_by_image(cfg: MakePseudoConfig, ds, out: Path, progress: bool) 
     ImageOutputs(out, "masks", cfg.overwrite).run(ds.ids, ".png", f"make-pseudo {cfg.refine}", progress, loop=masks)
 
 
-MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0, "class_names": None, "irn": {"resize": "opencv"}}
+MASK_FORMAT_IMPLIED = {"mask_format": "palette", "irn_pad": 0, "class_names": None, "irn": {"resize": "opencv"},
+                       "amp": False}
 """What a mask folder's manifest written before ``mask_format`` / ``irn_pad`` existed means
 (palette PNGs; boundary maps without padding)."""
 
@@ -369,7 +375,8 @@ class _Walker:
         loaded = ((image_id, *self.load(image_id)) for image_id in ids)
         for group in batches_by_key(loaded, self.cfg.boundary_batch, key=lambda item: item[2].shape[:2]):
             with torch.no_grad():
-                boundaries = infer_boundary_batch(self.net, [image for _, _, image in group], pad=self.pad)
+                boundaries = infer_boundary_batch(self.net, [image for _, _, image in group], pad=self.pad,
+                                                  amp=self.cfg.amp)
             for (image_id, cams, image), boundary in zip(group, boundaries):
                 key = tuple(boundary.shape)
                 self.pending.setdefault(key, []).append((image_id, cams, image, boundary))

@@ -13,6 +13,7 @@ from wsss.config import ConfigError
 from wsss.data.base import SegDataset
 from wsss.data.transforms import normalize
 from wsss.engine import dist
+from wsss.engine.precision import inference_autocast
 from wsss.eval.metrics import ConfusionMatrix, SegMetrics
 
 INFER_MODES = ("whole", "slide")
@@ -67,10 +68,12 @@ def segment_batch(
     mode: str = "whole",
     crop: int = 512,
     stride: int = 341,
+    amp: bool = False,
 ) -> torch.Tensor:
     """:func:`segment` of several images of one size in one forward per scale or window (with
     ``flip``, the images and their mirrors: a batch of 2B) -> (B, K, H, W). The network is in eval
-    mode, so each image's probabilities are the ones it gets alone (to float round-off)."""
+    mode, so each image's probabilities are the ones it gets alone (to float round-off). ``amp``: the
+    forwards under autocast (:mod:`wsss.engine.precision`); the logits are averaged in float32."""
     if mode not in INFER_MODES:
         raise ConfigError(f"mode must be one of {', '.join(INFER_MODES)}, got '{mode}'")
     device = next(model.parameters()).device
@@ -85,7 +88,8 @@ def segment_batch(
         x = torch.from_numpy(np.stack([normalize(cv2.resize(im, size, interpolation=cv2.INTER_LINEAR))
                                        for im in images])).to(device)
         xb = torch.cat([x, x.flip(-1)]) if flip else x
-        p = slide_probs(model, xb, crop, stride) if mode == "slide" else _forward_probs(model, xb)
+        with inference_autocast(device, amp):
+            p = slide_probs(model, xb, crop, stride) if mode == "slide" else _forward_probs(model, xb)
         if flip:
             p = torch.cat([p[:n], p[n:].flip(-1)])
         p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)

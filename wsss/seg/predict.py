@@ -51,6 +51,8 @@ class PredictConfig:
     batch_size: images of the same size that go through the network together (a GPU's speed-up);
     each image's probabilities are its own (eval mode), so the masks are those made one by one and
     the setting is not part of the output's manifest.
+    amp: the forwards under autocast, float16 on a GPU (bfloat16 on a CPU; :mod:`wsss.engine.precision`),
+    the logits averaged in float32. Off by default; recorded in the manifest, as a few labels may change.
     """
 
     seg_dir: str = "runs/seg"
@@ -65,6 +67,7 @@ class PredictConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = False
     batch_size: int = 1
+    amp: bool = False
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("device", "overwrite", "batch_size")
     """Settings that do not change the masks: left out of the output's manifest (:func:`output_settings`)."""
@@ -73,7 +76,7 @@ class PredictConfig:
 def predict(cfg: PredictConfig, progress: bool = True) -> Path:
     """Segment every image of ``cfg.data`` and write ``out/<id>.png``; returns ``out``."""
     check_choices(cfg)
-    outputs = ImageOutputs(cfg.out, "predictions", cfg.overwrite)
+    outputs = ImageOutputs(cfg.out, "predictions", cfg.overwrite, {"amp": False})
     out = outputs.out
     device = dist.init_distributed(cfg.device)
     model, train_cfg = load_trained_segmenter(cfg.seg_dir, device)
@@ -86,7 +89,8 @@ def predict(cfg: PredictConfig, progress: bool = True) -> Path:
         images = ((image_id, read_image(ds.image_path(image_id))) for image_id in track(todo))
         for group in batches_by_key(images, cfg.batch_size, key=lambda item: item[1].shape[:2]):
             probs = segment_batch(model, [image for _, image in group], base_size=train_cfg.base_size,
-                                  scales=tuple(cfg.scales), flip=cfg.flip, mode=cfg.mode, crop=crop, stride=stride)
+                                  scales=tuple(cfg.scales), flip=cfg.flip, mode=cfg.mode, crop=crop, stride=stride,
+                                  amp=cfg.amp)
             for (image_id, image), p in zip(group, probs):
                 mask = crf_from_probs(image, p.cpu().numpy()) if cfg.crf else p.argmax(0).cpu().numpy()
                 write_mask(out / f"{image_id}.png", mask.astype(np.uint8))
