@@ -114,6 +114,25 @@ def test_seed_table(toy_root, tmp_path, capsys):
     assert "seed mIoU" in out
 
 
+def test_attention_flow(toy_root, tmp_path, capsys):
+    """Its table, and one exact property: with k at least the token count, Eq. 7 keeps every entry,
+    so A~ sends the same share to the object tokens as A does."""
+    from wsss.cls.train import TrainClsConfig, train_cls
+    from wsss.data import DataConfig
+
+    cls_dir = tmp_path / "cls"
+    train_cls(TrainClsConfig(data=DataConfig(kind="voc", root=str(toy_root)), val_split=None, model="conformer_tiny",
+                             epochs=1, batch_size=4, crop=48, resize_long=(40, 56), workers=0, device="cpu",
+                             out=str(cls_dir), max_steps=1), progress=False)
+    out = run_script("attention_flow.py", "--cls-dir", cls_dir, "--data-root", toy_root, "--split", "val",
+                     "--ks", 1000, 2, capsys=capsys)
+    table = {line.split(" | ")[0].strip("| "): float(line.split(" | ")[1].strip(" |"))
+             for line in out.splitlines() if line.startswith("| ") and "---" not in line and "quantity" not in line}
+    assert 0 < table["object tokens (share)"] < 1
+    assert table["background rows -> object tokens, A~ (k = 1000)"] == table["background rows -> object tokens, A"]
+    assert 0 <= table["background rows -> object tokens, A~ (k = 2)"] <= 1
+
+
 def test_suite(capsys, tmp_path):
     out = run_script("suite.py", "--device", "cpu", "--profile", "smoke", "--out", tmp_path / "suite.md",
                      "--json", tmp_path / "suite.json", capsys=capsys)
