@@ -4,7 +4,9 @@ Training's ``--amp`` (:mod:`wsss.engine.loop`) is bfloat16 autocast on a GPU. In
 is float16 on a GPU: 10 mantissa bits against bfloat16's 7, so the maps move less (the benchmark
 suite reports the largest deviation from float32 beside each AMP row, ``benchmarks/suite.py``; issue
 #16 asks for 1e-3), and inference has no gradients to overflow. On a CPU it is bfloat16, the type
-CPU autocast runs fastest; it is rarely faster than float32 there and is meant for trying the path.
+CPU autocast runs fastest (0.54-0.60x the float32 time for extract-cam and predict on this project's
+2-core machine, whose CPU has bfloat16 instructions; others may gain nothing), with bfloat16's
+coarser rounding.
 What the methods compute on top of the network stays float32: AD-CAM's attention, Eq. 6-8
 (:mod:`wsss.cam.adcam`, the Conformer's attention maps) and the random walk run with autocast
 disabled, and the maps leave the network as float32.
