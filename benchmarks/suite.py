@@ -35,6 +35,7 @@ side by side, so ratios between rows are meaningful on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import platform
@@ -225,9 +226,14 @@ def pseudo_rows(p: dict, device: torch.device) -> list[Row]:
         state["rw"] = propagate(cam, state["b"])
 
     rows = []
-    for name, key, fn in (("IRNet boundary", "boundary", boundary), ("random walk", "walk", walk),
-                          ("post-processing", "post", lambda: irn_postprocess(state["rw"], keys, (h, w))),
-                          ("IR labels (2 dense CRFs, CPU)", "ir-label", lambda: ir_label(image, high, keys + 1))):
+    parts = [("IRNet boundary", "boundary", boundary), ("random walk", "walk", walk),
+             ("post-processing", "post", lambda: irn_postprocess(state["rw"], keys, (h, w)))]
+    if importlib.util.find_spec("pydensecrf") is not None:
+        parts.append(("IR labels (2 dense CRFs, CPU)", "ir-label", lambda: ir_label(image, high, keys + 1)))
+    else:  # a GPU image may lack it (it builds from source); the CRFs run on the CPU, so a CPU run measures them
+        print("suite: pydensecrf is not installed: no IR-label row (measure it with --device cpu --only pseudo)",
+              file=sys.stderr)
+    for name, key, fn in parts:
         seconds, peak = measure(fn, device, p["repeat"])
         params = dict(model=p["resnet"], image=[h, w], classes=2)
         rows.append(Row(f"make-pseudo: {name}", f"{p['resnet']}, {h}x{w}, 2 classes", seconds, "s / image", peak, "",
@@ -413,19 +419,29 @@ def main() -> None:
     p = PROFILES[profile]
     t0 = time.perf_counter()
     rows: list[Row] = []
-    for group in GROUPS:
-        if group in args.only:
-            rows += GROUPS[group](p, device)
-            print(f"[{group}] done, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    text = table(rows, device, profile, time.perf_counter() - t0)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(
-            profile=profile, device=device.type, device_name=device_name(device), torch=torch.__version__,
-            cuda=torch.version.cuda, threads=torch.get_num_threads(), elapsed_s=time.perf_counter() - t0,
-            rows=[asdict(r) for r in rows]), indent=1))
+
+    def write(partial: bool) -> str:
+        """The table and JSON so far: written after every group, so a run stopped at a time limit (a
+        lent GPU's) still leaves the groups it finished; ``partial`` marks them as such."""
+        text = table(rows, device, profile, time.perf_counter() - t0)
+        if partial:
+            text += "\n(partial: the run has not finished its groups)\n"
+        if args.out:
+            Path(args.out).write_text(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(
+                profile=profile, device=device.type, device_name=device_name(device), torch=torch.__version__,
+                cuda=torch.version.cuda, threads=torch.get_num_threads(), elapsed_s=time.perf_counter() - t0,
+                partial=partial, rows=[asdict(r) for r in rows]), indent=1))
+        return text
+
+    groups = [g for g in GROUPS if g in args.only]
+    for i, group in enumerate(groups):
+        rows += GROUPS[group](p, device)
+        print(f"[{group}] done, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        if i < len(groups) - 1:
+            write(partial=True)
+    print(write(partial=False))
 
 
 if __name__ == "__main__":

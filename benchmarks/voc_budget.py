@@ -72,11 +72,17 @@ class Estimate:
 
 
 class Rows:
-    """The suite's rows by key."""
+    """The suite's rows by key; ``fallback``: a second suite run's payload whose rows stand in for
+    keys the first lacks (a GPU run without pydensecrf has no IR-label row, and the CRFs run on the
+    CPU anyway), each marked with the run it came from."""
 
-    def __init__(self, payload: dict):
+    def __init__(self, payload: dict, fallback: dict | None = None):
         self.payload = payload
-        self.by_key = {r["key"]: r for r in payload["rows"] if r.get("key")}
+        self.by_key = {}
+        if fallback:
+            source = f"from the {fallback.get('device', '?')} run"
+            self.by_key = {r["key"]: {**r, "source": source} for r in fallback["rows"] if r.get("key")}
+        self.by_key.update({r["key"]: r for r in payload["rows"] if r.get("key")})
 
     def get(self, key: str) -> dict | None:
         return self.by_key.get(key)
@@ -127,8 +133,8 @@ def _per_image(rows: Rows, step: str, part: str, key: str, n: float, factor: flo
     pix, pnote = _pixel_factor(row)
     seconds = n * row["seconds"] * factor * pix / divide
     return Estimate(step, part, n, "images", seconds,
-                    _join(f"{row['seconds']:.3g} s / image ({key})", note, _model_note(row, model), pnote,
-                          f"over {divide} processes" if divide > 1 else ""), irn)
+                    _join(f"{row['seconds']:.3g} s / image ({key})", row.get("source", ""), note,
+                          _model_note(row, model), pnote, f"over {divide} processes" if divide > 1 else ""), irn)
 
 
 def _per_step(rows: Rows, step: str, part: str, key: str, steps: int, batch: int, crop: int, model: str,
@@ -138,7 +144,8 @@ def _per_step(rows: Rows, step: str, part: str, key: str, steps: int, batch: int
         return _missing(step, part, steps, "steps", key)
     f, note = _step_factor(row, batch, crop)
     return Estimate(step, part, steps, "steps", steps * row["seconds"] * f,
-                    _join(f"{row['seconds']:.3g} s / step ({key})", _model_note(row, model), note), irn)
+                    _join(f"{row['seconds']:.3g} s / step ({key})", row.get("source", ""), _model_note(row, model), note),
+                    irn)
 
 
 def _forward_key(rows: Rows, family: str) -> tuple[str, float]:
@@ -296,6 +303,8 @@ def main() -> None:
     ap.add_argument("--images", nargs="*", default=[], metavar="SPLIT=N",
                     help=f"split sizes [default: {' '.join(f'{k}={v}' for k, v in IMAGES.items())}]")
     ap.add_argument("--out", default=None, help="also write the tables to this Markdown file")
+    ap.add_argument("--fallback", default=None, metavar="JSON",
+                    help="another suite run's rows for the keys SUITE_JSON lacks (e.g. a CPU run's IR labels)")
     args = ap.parse_args()
     images = {}
     for item in args.images:
@@ -303,7 +312,8 @@ def main() -> None:
         if not n.isdigit():
             ap.error(f"--images takes SPLIT=N, got '{item}'")
         images[split] = int(n)
-    text = report(Rows(json.loads(Path(args.suite_json).read_text())), args.workers, args.recipes, images)
+    fallback = json.loads(Path(args.fallback).read_text()) if args.fallback else None
+    text = report(Rows(json.loads(Path(args.suite_json).read_text()), fallback), args.workers, args.recipes, images)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

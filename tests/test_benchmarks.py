@@ -147,13 +147,55 @@ def test_suite(capsys, tmp_path):
     import json
 
     payload = json.loads((tmp_path / "suite.json").read_text())
-    assert payload["profile"] == "smoke" and len(payload["rows"]) == table.count("\n") - 4
+    assert payload["profile"] == "smoke" and payload["partial"] is False and "partial" not in table
+    assert len(payload["rows"]) == table.count("\n") - 4
     assert all(r["key"] and r["seconds"] > 0 for r in payload["rows"] if not r["key"].startswith("eval:"))
     budget = run_script("voc_budget.py", tmp_path / "suite.json", "--workers", 4, capsys=capsys)
     assert "rough projection only" in budget and "measured on resnet_tiny" in budget
     assert "| - |" not in budget.replace("| - | --- |", "") and "not projected" not in budget
     for step in ("| cls |", "| adcam |", "| cam |", "| seed |", "| pseudo |", "| seg |", "| seg_fcn |", "| pred_fcn |"):
         assert step in budget, step
+
+
+def test_suite_leaves_the_groups_it_finished_when_stopped(tmp_path, monkeypatch):
+    """A run stopped in a group (a lent GPU's time limit) has already written the groups before it,
+    marked partial."""
+    import importlib
+    import json
+
+    sys.path.insert(0, str(BENCH))
+    suite = importlib.import_module("suite")
+
+    def stopped(p, device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite, "GROUPS", {"eval": suite.GROUPS["eval"], "cam": stopped})
+    monkeypatch.setattr(sys, "argv", ["suite.py", "--device", "cpu", "--profile", "smoke", "--only", "eval", "cam",
+                                      "--out", str(tmp_path / "s.md"), "--json", str(tmp_path / "s.json")])
+    with pytest.raises(KeyboardInterrupt):
+        suite.main()
+    payload = json.loads((tmp_path / "s.json").read_text())
+    assert payload["partial"] is True and {r["key"] for r in payload["rows"]} == {"eval-cam:sweep", "eval:confusion"}
+    assert "(partial" in (tmp_path / "s.md").read_text()
+
+
+def test_gpu_session_script(tmp_path):
+    """benchmarks/gpu_session.sh, the prepared GPU run, at smoke size on the CPU with two of the
+    suite's groups: every file it promises, the CAM ratio and the budget from the suite's JSON."""
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    env = dict(os.environ, DEVICE="cpu", PROFILE="smoke", OUT=str(out), PYTHON=sys.executable, SUITE_ONLY="eval pseudo",
+               CAM_ARGS="--model conformer_tiny --images 1 --size 48 64 --scales 1.0")
+    res = subprocess.run(["bash", str(BENCH / "gpu_session.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["budget.md", "cam_ratio.md", "env.txt", "log.txt", "suite.json",
+                                                     "suite.md"]
+    assert "| adcam |" in (out / "cam_ratio.md").read_text() and "torch" in (out / "env.txt").read_text()
+    assert "make-pseudo: random walk" in (out / "suite.md").read_text()
+    assert "voc_adcam_irn_pcaa.yaml" in (out / "budget.md").read_text()
+    assert "| adcam |" in res.stdout
 
 
 # The suite rows the VOC budget needs, at the full profile's sizes, each with its own time (seconds)
@@ -267,3 +309,29 @@ def test_voc_budget_takes_the_amp_and_batch_rows_a_step_runs_as(tmp_path):
     scales = 0.25 + 0.5625 + 1 + 1.5625 + 2.25 + 3.0625
     assert est[("pred_pcaa", "predict pcaa")].seconds == pytest.approx(1449 * t["predict:pcaa"] / 2 * scales)
     assert est[("pred_fcn", "predict fcn")].seconds == pytest.approx(1449 * t["predict:fcn"] / 3 * scales)
+
+
+def test_voc_budget_takes_missing_rows_from_a_fallback_run():
+    """--fallback: a key the main run lacks (a GPU image without pydensecrf: no IR-label row) is
+    projected from the other run's row, which the table names; the main run's rows keep precedence."""
+    sys.path.insert(0, str(BENCH))
+    from voc_budget import Rows, project
+
+    def payload(rows, device):
+        return dict(profile="full", device=device, torch="x",
+                    rows=[dict(key=k, seconds=t, params=p) for k, (t, p) in rows.items()])
+
+    gpu = {k: v for k, v in FULL_ROWS.items() if k != "make-pseudo:ir-label"}
+    cpu = {"make-pseudo:ir-label": (3.0, dict(model="resnet50", image=[375, 500])),
+           "make-pseudo:boundary": (9.0, dict(model="resnet50", image=[375, 500]))}
+    rows = Rows(payload(gpu, "cuda"), payload(cpu, "cpu"))
+    est = {(e.step, e.part.split(" (")[0]): e
+           for e in project(BENCH.parent / "pipelines" / "voc_r50_cam_irn.yaml", rows, 8)}
+    ir = est[("pseudo", "IR labels")]
+    assert ir.seconds == pytest.approx(10582 * 3.0 / 8) and "from the cpu run" in ir.basis
+    boundary = est[("pseudo", "boundary maps")]
+    assert boundary.seconds == pytest.approx(10582 * FULL_ROWS["make-pseudo:boundary"][0])
+    assert "from the" not in boundary.basis
+    alone = {(e.step, e.part.split(" (")[0]): e
+             for e in project(BENCH.parent / "pipelines" / "voc_r50_cam_irn.yaml", Rows(payload(gpu, "cuda")), 8)}
+    assert alone[("pseudo", "IR labels")].seconds is None
