@@ -131,6 +131,22 @@ def test_attention_flow(toy_root, tmp_path, capsys):
     assert 0 < table["object tokens (share)"] < 1
     assert table["background rows -> object tokens, A~ (k = 1000)"] == table["background rows -> object tokens, A"]
     assert 0 <= table["background rows -> object tokens, A~ (k = 2)"] <= 1
+    assert table["object rows -> object tokens, A~ (k = 1000)"] == table["object rows -> object tokens, A"]
+    # --cam-net: a ResNet CAM net's seeds, alone and diffused with the Conformer's attention; with k at
+    # least the token count AD-CAM's diffusion is Att-Diffu's, so the two rows agree
+    res_dir = tmp_path / "res"
+    train_cls(TrainClsConfig(data=DataConfig(kind="voc", root=str(toy_root)), val_split=None, model="resnet_tiny",
+                             epochs=1, batch_size=4, crop=48, resize_long=(40, 56), workers=0, device="cpu",
+                             out=str(res_dir), max_steps=1), progress=False)
+    out = run_script("attention_flow.py", "--cls-dir", cls_dir, "--data-root", toy_root, "--split", "val",
+                     "--images", 6, "--ks", 1000, "--cam-net", res_dir, "--scales", 1.0, capsys=capsys)
+    seeds = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.split("best background threshold")[1]
+             .splitlines() if line.startswith("| ") and "---" not in line and "mIoU" not in line}
+    assert set(seeds) == {"CAM net's CAM", "Att-Diffu (this Conformer's A)", "AD-CAM k = 1000 (this Conformer's A~)"}
+    assert seeds["Att-Diffu (this Conformer's A)"] == seeds["AD-CAM k = 1000 (this Conformer's A~)"]
+    from wsss.cam.extract import CAM_METHODS
+
+    assert "_attention_flow_diffused" not in CAM_METHODS  # the script's own method is gone again
 
 
 def test_suite(capsys, tmp_path):
