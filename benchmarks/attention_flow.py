@@ -71,12 +71,13 @@ def main() -> None:
         bg = ~fg
         add = lambda k, v: rows.setdefault(k, []).append(float(v))  # noqa: E731
         add("object tokens (share)", fg.float().mean())
+        refined = {k: refine_attention(A[None], S[None], k)[0] for k in args.ks}  # Eq. 7 once per k
         add("background rows -> object tokens, A", A[bg][:, fg].sum(1).mean())
-        for k in args.ks:
-            add(f"background rows -> object tokens, A~ (k = {k})", refine_attention(A[None], S[None], k)[0][bg][:, fg].sum(1).mean())
+        for k, R in refined.items():
+            add(f"background rows -> object tokens, A~ (k = {k})", R[bg][:, fg].sum(1).mean())
         add("object rows -> object tokens, A", A[fg][:, fg].sum(1).mean())
-        for k in args.ks:
-            add(f"object rows -> object tokens, A~ (k = {k})", refine_attention(A[None], S[None], k)[0][fg][:, fg].sum(1).mean())
+        for k, R in refined.items():
+            add(f"object rows -> object tokens, A~ (k = {k})", R[fg][:, fg].sum(1).mean())
         add("S, background row to object tokens (mean)", S[bg][:, fg].mean())
         add("S, background row to background tokens (mean)", S[bg][:, bg].mean())
     print(f"{args.cls_dir}: {used} images of {args.split} with both object and background tokens, scale 1\n")
@@ -115,15 +116,16 @@ def seeds_with_other_cam(conformer, args, ds) -> None:
     name = "_attention_flow_diffused"
     extract.CAM_METHODS[name] = diffused  # this process only; removed below
     try:
+        pair = Pair().eval()
         settings = [("CAM net's CAM", cam_net, dict(method="cam"))]
-        settings.append(("Att-Diffu (this Conformer's A)", Pair().eval(), dict(method=name, topk=0)))
-        settings += [(f"AD-CAM k = {k} (this Conformer's A~)", Pair().eval(), dict(method=name, topk=k)) for k in args.ks]
+        settings.append(("Att-Diffu (this Conformer's A)", pair, dict(method=name, topk=0)))
+        settings += [(f"AD-CAM k = {k} (this Conformer's A~)", pair, dict(method=name, topk=k)) for k in args.ks]
         print(f"\nseeds of {args.cam_net}'s CAM, scales {args.scales} + flip, best background threshold\n")
         print("| seeds | mIoU | FP | FN | threshold |\n| --- | ---: | ---: | ---: | ---: |")
+        samples = [ds.load(image_id) for image_id in ds.ids[: args.images]]  # read once for every setting
         for label, model, kw in settings:
             sweep = ThresholdSweep(ds.num_classes)
-            for image_id in ds.ids[: args.images]:
-                s = ds.load(image_id)
+            for s in samples:
                 c = extract.compute_cams(model, s.image, s.label, extract.ExtractCamConfig(scales=tuple(args.scales), **kw),
                                          torch.device("cpu"))
                 sweep.update(s.mask, c["high_res"], c["keys"] + 1)
